@@ -1,0 +1,114 @@
+"""Decoding one V2 tensor into numpy with checks MLServer leaves to a crash (length, datatype), and encoding back."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional
+
+import numpy as np
+from mlserver.codecs import NumpyCodec, StringCodec
+from mlserver.codecs.numpy import _encode_data, to_datatype
+from mlserver.types import Datatype, RequestInput, ResponseOutput
+
+from ..errors import BadRequest
+
+_NUMERIC = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+
+
+def _flat(data: Any) -> List[Any]:
+    """Flattens the nested lists that MLServer accepts in ``data``."""
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    out: List[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            out.append(item)
+        else:
+            stack.pop()
+    return out
+
+
+def decode_array(inp: RequestInput) -> np.ndarray:
+    """The tensor as an ndarray of its declared shape; BYTES become an object array of str."""
+    shape = list(inp.shape)
+    if any(d < 0 for d in shape):
+        raise BadRequest(f"input '{inp.name}': shape {shape} has a negative dimension")
+    expected = math.prod(shape)
+    dtype = str(inp.datatype.value if hasattr(inp.datatype, "value") else inp.datatype)
+    raw = inp.data.root if hasattr(inp.data, "root") else inp.data
+    if dtype == "BYTES":
+        if isinstance(raw, (bytes, str)):
+            raw = [raw]
+        values = _flat(raw)
+        if len(values) != expected:
+            raise BadRequest(f"input '{inp.name}': shape {shape} needs {expected} values, got {len(values)}")
+        strs = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
+        if any(not isinstance(v, str) for v in strs):
+            raise BadRequest(f"input '{inp.name}': datatype BYTES needs strings")
+        arr = np.empty(len(strs), dtype=object)
+        arr[:] = strs
+        return arr.reshape(shape)
+    np_dtype = _NUMERIC.get(dtype)
+    if np_dtype is None:
+        raise BadRequest(f"input '{inp.name}': unsupported datatype {dtype}")
+    if isinstance(raw, (bytes, bytearray)):  # binary tensor extension / raw contents
+        try:
+            arr = np.frombuffer(raw, dtype=np_dtype)
+        except ValueError as exc:
+            raise BadRequest(f"input '{inp.name}': raw data does not fit {dtype}: {exc}") from None
+    else:
+        values = _flat(raw)
+        if any(isinstance(v, (str, bytes, list, dict)) or v is None for v in values):
+            bad = next(v for v in values if isinstance(v, (str, bytes, list, dict)) or v is None)
+            raise BadRequest(f"input '{inp.name}': datatype {dtype} but the data holds {bad!r}")
+        try:
+            arr = np.asarray(values, dtype=np_dtype)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise BadRequest(f"input '{inp.name}': data does not fit datatype {dtype} ({exc})") from None
+    if arr.size != expected:
+        raise BadRequest(f"input '{inp.name}': shape {shape} needs {expected} values, got {arr.size}")
+    return arr.reshape(shape)
+
+
+def decode_column(inp: RequestInput) -> np.ndarray:
+    """One DataFrame column: shape [n] or [n, 1]."""
+    arr = decode_array(inp)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise BadRequest(f"input '{inp.name}': a column must have shape [rows] or [rows, 1], got {list(arr.shape)}")
+    return arr
+
+
+def encode_array(name: str, arr: Any, datatype: Optional[str] = None) -> ResponseOutput:
+    """An ndarray (or list) as a V2 output, with the datatype the values really have."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "OUS":
+        flat = arr.reshape(-1)
+        values = [(v if isinstance(v, str) else str(v)).encode("utf-8") for v in flat.tolist()]
+        return ResponseOutput(
+            name=name,
+            shape=list(arr.shape),
+            datatype=Datatype.BYTES,
+            parameters={"content_type": StringCodec.ContentType},
+            data=values,
+        )
+    # Keeps the array's own shape (MLServer's NumpyCodec turns [n] into [n, 1]); NaN becomes null.
+    dt = Datatype(datatype) if datatype else to_datatype(arr.dtype)
+    return ResponseOutput(
+        name=name,
+        shape=list(arr.shape),
+        datatype=dt,
+        parameters={"content_type": NumpyCodec.ContentType},
+        data=_encode_data(arr, dt),
+    )

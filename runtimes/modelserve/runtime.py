@@ -1,0 +1,107 @@
+"""The base every modelserve runtime subclasses: typed options, error discipline and the KServe V1 routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, ClassVar, Type
+
+from fastapi import Depends, Request
+from mlserver import MLModel
+from mlserver.errors import MLServerError
+from mlserver.handlers.custom import CustomHandler, register_custom_handler
+from mlserver.settings import ModelSettings
+from mlserver.types import InferenceRequest, InferenceResponse
+
+from .codecs import v1_request_to_v2, v2_response_to_v1
+from .errors import BadRequest, InternalError, ModelLoadError, one_line
+from .options import RuntimeOptions, parse_options
+
+logger = logging.getLogger("modelserve")
+
+
+async def _raw_body(request: Request) -> bytes:
+    """The request body as bytes: parsed by us, so a missing Content-Type or bad JSON gets a clear 400."""
+    return await request.body()
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+class Runtime(MLModel):
+    """Subclasses set ``options_class`` and implement ``_load()`` and ``_predict()``.
+
+    ``load()`` and ``predict()`` turn any exception into an MLServer error with a status code and a
+    one-line message: MLServer would otherwise answer 500 with a full traceback (debug mode).
+    """
+
+    options_class: ClassVar[Type[RuntimeOptions]] = RuntimeOptions
+
+    def __init__(self, settings: ModelSettings):
+        super().__init__(settings)
+        self._add_route(f"/v1/models/{settings.name}:predict", "POST", "v1_predict", self._v1_predict)
+        self._add_route(f"/v1/models/{settings.name}", "GET", "v1_model", self._v1_model)
+
+    def _add_route(self, path: str, method: str, attr: str, target) -> None:
+        """A REST route for this model only; MLServer adds it on load and removes it on unload.
+
+        Set as an instance attribute under ``attr`` so that, with parallel workers, MLServer forwards
+        the call to the same method on the worker's copy of the model.
+        """
+        if method == "GET":
+
+            async def handler() -> Any:
+                return await target()
+
+        else:
+
+            async def handler(body: bytes = Depends(_raw_body)) -> Any:  # type: ignore[misc]
+                return await target(parse_json(body))
+
+        handler.__name__ = attr
+        register_custom_handler(CustomHandler(rest_path=path, rest_method=method), handler)
+        setattr(self, attr, handler)
+
+    # -- loading -----------------------------------------------------------------------------------
+    async def load(self) -> bool:
+        try:
+            self.options = parse_options(self.options_class, self.settings)
+            await self._load()
+        except MLServerError:
+            raise
+        except Exception as exc:
+            logger.exception("model '%s' failed to load", self.name)
+            raise ModelLoadError(self.name, one_line(exc)) from None
+        return True
+
+    async def _load(self) -> None:
+        raise NotImplementedError
+
+    # -- inference ---------------------------------------------------------------------------------
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        try:
+            return await self._predict(payload)
+        except MLServerError:
+            raise
+        except Exception as exc:
+            logger.exception("model '%s' failed on a request", self.name)
+            raise InternalError(f"model '{self.name}' failed: {one_line(exc)}") from None
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        raise NotImplementedError
+
+    def v1_input_name(self) -> str:
+        inputs = self.inputs or []
+        return inputs[0].name if len(inputs) == 1 else "input-0"
+
+    async def _v1_predict(self, body: Any) -> dict:
+        request = v1_request_to_v2(body, self.v1_input_name())
+        response = await self.predict(request)
+        return v2_response_to_v1(response)
+
+    async def _v1_model(self) -> dict:
+        return {"name": self.name, "ready": bool(self.ready)}
