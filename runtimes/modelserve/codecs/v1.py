@@ -72,7 +72,11 @@ def v2_response_to_v1(response: InferenceResponse) -> dict:
     if len(arrays) == 1:
         return {"predictions": next(iter(arrays.values())).tolist()}
     rows = min(a.shape[0] if a.ndim else 1 for a in arrays.values())
-    return {"predictions": [{k: a[i].tolist() for k, a in arrays.items()} for i in range(rows)]}
+    return {"predictions": [{k: _py(a[i]) for k, a in arrays.items()} for i in range(rows)]}
+
+
+def _py(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 __all__ = ["v1_request_to_v2", "v2_response_to_v1", "encode_array"]
