@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, List, Optional
-from urllib.parse import urlparse
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 from mlserver.settings import ModelSettings
 from mlserver.utils import to_absolute_path
 
 from .errors import ModelLoadError
 
-logger = logging.getLogger("modelserve.storage")
+logger = logging.getLogger("mlserver.modelserve.storage")
 
 SUPPORTED = "a local path, file://, s3://bucket/key or pvc://claim/path"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
+DEFAULT_PVC_ROOT = "/mnt/pvc"  # where KServe's storage initializer mounts the claim of a pvc:// URI
 _COMPLETE = ".modelserve-complete"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
+PROGRESS_SECONDS = 2.0
+"""How often a running download logs its progress."""
+STALE_SECONDS = 3600.0
+"""A temporary download folder nothing has written to for this long belongs to a dead process."""
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MODELSERVE_CACHE_DIR") or Path.home() / ".cache" / "modelserve")
+
+
+def split_uri(uri: str) -> Tuple[str, str]:
+    """``(scheme, rest)`` for ``scheme://rest``; ``("", uri)`` for a plain path.
+
+    Not ``urlparse``: S3 keys and file names may hold ``#``, ``?`` or ``;``, which are not URL syntax here.
+    """
+    m = _SCHEME.match(uri)
+    return (m.group(1).lower(), m.group(2)) if m else ("", uri)
 
 
 def resolve(
@@ -41,18 +57,23 @@ def resolve(
     ``get_model_uri`` does; otherwise the folder itself is returned.
     """
     name = settings.name
-    uri = settings.parameters.uri if settings.parameters else None
+    uri = ((settings.parameters.uri if settings.parameters else None) or "").strip()
     if not uri:
         raise ModelLoadError(name, f"parameters.uri is not set: point it at the model ({SUPPORTED})")
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.lower()
-    if scheme in ("", "file"):
-        path = Path(to_absolute_path(settings, parsed.path if scheme else uri))
+    scheme, rest = split_uri(uri)
+    if scheme == "":
+        path = Path(to_absolute_path(settings, uri))
+    elif scheme == "file":
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest:
+            raise ModelLoadError(name, f"no path in '{uri}' (expected file:///absolute/path or file://relative/path)")
+        path = Path(to_absolute_path(settings, rest))
     elif scheme == "pvc":
-        root = Path(pvc_root or os.environ.get("MODELSERVE_PVC_ROOT") or DEFAULT_PVC_ROOT)
-        path = root / parsed.netloc / parsed.path.lstrip("/")
+        path = _pvc_path(name, uri, rest, pvc_root)
     elif scheme == "s3":
-        path = S3Download(name, parsed.netloc, parsed.path.lstrip("/"), cache_dir).fetch()
+        bucket, _, key = rest.partition("/")
+        path = S3Download(name, bucket, key.lstrip("/"), cache_dir).fetch()
     else:
         raise ModelLoadError(name, f"unsupported URI scheme '{scheme}://' in '{uri}': use {SUPPORTED}")
     if not path.exists():
@@ -64,146 +85,288 @@ def resolve(
     return path
 
 
+def _pvc_path(model: str, uri: str, rest: str, pvc_root: Optional[str]) -> Path:
+    """``pvc://claim/sub/path`` as KServe lays it out: the claim is mounted at the root, so the model is
+    ``<root>/sub/path``. A root holding one folder per claim (``<root>/claim/sub/path``) works too.
+    """
+    claim, _, sub = rest.partition("/")
+    if not claim:
+        raise ModelLoadError(model, f"no claim name in '{uri}' (expected pvc://claim/path)")
+    root = Path(os.path.abspath(pvc_root or os.environ.get("MODELSERVE_PVC_ROOT") or DEFAULT_PVC_ROOT))
+    sub = sub.strip("/")
+    candidates = [Path(os.path.normpath(root / sub)), Path(os.path.normpath(root / claim / sub))]
+    for path in candidates:
+        if path != root and not str(path).startswith(str(root) + os.sep):
+            raise ModelLoadError(model, f"'{uri}' points outside the claim's mount root {root}")
+    for path in candidates:
+        if path.exists():
+            return path
+    raise ModelLoadError(
+        model,
+        f"model path not found: {candidates[0]} (from uri '{uri}'; also tried {candidates[1]}; "
+        f"the claim is expected to be mounted at {root}: set the option pvc_root or MODELSERVE_PVC_ROOT)",
+    )
+
+
+def _off(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("0", "false", "no", "off")
+
+
+def _on(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _s3_client():
     """A boto3 S3 client configured from the usual AWS_* variables and KServe's S3_* ones."""
     import boto3
+    from botocore import UNSIGNED
     from botocore.config import Config
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint and os.environ.get("S3_ENDPOINT"):  # KServe's storage-initializer convention
-        host = os.environ["S3_ENDPOINT"]
-        if "://" not in host:
-            https = os.environ.get("S3_USE_HTTPS", "1") not in ("0", "false", "False")
-            host = ("https://" if https else "http://") + host
-        endpoint = host
-    verify = os.environ.get("S3_VERIFY_SSL", "1") not in ("0", "false", "False")
+    https = not _off(os.environ.get("S3_USE_HTTPS"))
+    endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+                or os.environ.get("S3_ENDPOINT") or "").strip()  # S3_ENDPOINT: KServe's convention
+    if endpoint and "://" not in endpoint:
+        endpoint = ("https://" if https else "http://") + endpoint
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    return boto3.client(
+    config = Config(retries={"max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 5),
+                             "mode": os.environ.get("AWS_RETRY_MODE") or "standard"})
+    if _on(os.environ.get("awsAnonymousCredential")):  # KServe: a public bucket, unsigned requests
+        config = config.merge(Config(signature_version=UNSIGNED))
+    if _on(os.environ.get("S3_USER_VIRTUAL_BUCKET")):  # KServe: virtual-hosted-style bucket URLs
+        config = config.merge(Config(s3={"addressing_style": "virtual"}))
+    # a session of its own: boto3's default session is not safe to share between loader threads
+    return boto3.session.Session().client(
         "s3",
-        endpoint_url=endpoint,
+        endpoint_url=endpoint or None,
         region_name=region,
-        verify=verify,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        verify=not _off(os.environ.get("S3_VERIFY_SSL")),
+        config=config,
     )
+
+
+class _Unreachable(Exception):
+    """S3 did not answer (network, TLS, timeouts, 5xx): a cached copy may stand in."""
 
 
 class S3Download:
     """Mirrors one object or one prefix into the cache.
 
-    The cache entry is trusted only when its manifest (keys, sizes, ETags) matches the bucket's listing.
-    Files are written to a private temporary folder that is renamed into place once complete, so an
-    interrupted download never leaves an entry that a later load would trust.
+    The cache entry is trusted only when its manifest (keys, sizes, ETags) matches the bucket's listing
+    and its files have the listed sizes. Files are written to a private temporary folder that is
+    renamed into place once complete, so an interrupted download never leaves an entry that a later
+    load would trust. Loaders of the same URI (parallel workers) take turns through a lock file, so
+    the second one finds the first one's copy instead of downloading and swapping it a second time.
     """
 
     def __init__(self, model: str, bucket: str, key: str, cache_dir: Optional[str]):
         self.model, self.bucket, self.key = model, bucket, key
         self.uri = f"s3://{bucket}/{key}"
-        digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        self.entry = Path(cache_dir or default_cache_dir()) / "s3" / f"{bucket}-{digest}"
+        self.as_folder = key == "" or key.endswith("/")
+        self.prefix = key.rstrip("/")
+        self.root = Path(cache_dir or default_cache_dir()).absolute() / "s3"
+        self.entry = self.root / f"{bucket}-{hashlib.sha256(self.uri.encode()).hexdigest()[:16]}"
 
     def fail(self, msg: str) -> ModelLoadError:
         return ModelLoadError(self.model, f"{self.uri}: {msg}")
 
-    def _listing(self, client) -> List[dict]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        if not self.bucket:
-            raise self.fail("no bucket in the URI (expected s3://bucket/key)")
+    # -- the bucket's side -------------------------------------------------------------------------
+    def _client(self):
         try:
-            prefix = self.key.rstrip("/")
-            objects: List[dict] = []
+            client = _s3_client()
+        except Exception as exc:
+            raise self.fail(f"cannot set up the S3 client: {type(exc).__name__}: {exc}") from None
+        # the same bucket and key on another endpoint is another object: another cache entry
+        ident = f"{client.meta.endpoint_url}|{self.uri}"
+        self.entry = self.root / f"{self.bucket}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        return client
+
+    def _listing(self, client) -> List[dict]:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+
+        exact: Optional[dict] = None
+        objects: List[dict] = []
+        try:
             paginator = client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for obj in page.get("Contents", []):
                     k = obj["Key"]
-                    if k == prefix:
-                        rel = os.path.basename(k)
-                    elif not prefix or k.startswith(prefix + "/"):
-                        rel = k[len(prefix) :].lstrip("/") if prefix else k
-                    else:
+                    item = {"key": k, "size": obj["Size"], "etag": obj.get("ETag", "")}
+                    if k == self.prefix and not self.as_folder:
+                        exact = {**item, "rel": os.path.basename(k)}
+                        continue
+                    if self.prefix and not k.startswith(self.prefix + "/"):
                         continue  # "model2.pkl" is not under "model"
-                    if rel and not rel.endswith("/"):
-                        objects.append({"key": k, "rel": rel, "size": obj["Size"], "etag": obj.get("ETag", "")})
+                    rel = k[len(self.prefix):].lstrip("/")
+                    if rel and not rel.endswith("/") and os.path.basename(rel) != _COMPLETE:
+                        objects.append({**item, "rel": rel})
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            raise self.fail(f"S3 refused the listing ({code}: {exc.response.get('Error', {}).get('Message', '')})")
+            err = exc.response.get("Error", {})
+            code, msg = err.get("Code", ""), err.get("Message", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500:
+                raise _Unreachable(f"S3 answered {status} ({code}: {msg})") from None
+            if code == "NoSuchBucket":
+                raise self.fail(f"bucket '{self.bucket}' does not exist") from None
+            raise self.fail(f"S3 refused to list the bucket ({code}: {msg})") from None
+        except NoCredentialsError:
+            raise self.fail("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                            "(or awsAnonymousCredential=true for a public bucket)") from None
+        except (BotoConnectionError, HTTPClientError) as exc:
+            raise _Unreachable(str(exc)) from None
         except BotoCoreError as exc:
-            raise self.fail(f"cannot reach S3 ({exc})")
+            raise self.fail(f"S3 error: {type(exc).__name__}: {exc}") from None
+        if exact is not None:
+            return [exact]
         if not objects:
-            raise self.fail("no such object or prefix")
-        exact = [o for o in objects if o["key"] == prefix]
-        return exact or objects
+            where = f"no objects under '{self.prefix}/'" if self.prefix else "no objects"
+            what = f"no object '{self.prefix}' and " if self.prefix and not self.as_folder else ""
+            raise self.fail(f"not found: {what}{where} in bucket '{self.bucket}'")
+        return objects
 
-    def _trusted(self, manifest: List[dict]) -> Optional[Path]:
-        marker = self.entry / _COMPLETE
+    # -- the cache's side --------------------------------------------------------------------------
+    def _cached_manifest(self) -> Optional[List[dict]]:
+        """The manifest of a complete cache entry whose files are all present with their sizes."""
         try:
-            if json.loads(marker.read_text()) == manifest:
-                return self.entry
-        except (OSError, ValueError):
-            pass
-        return None
+            manifest = json.loads((self.entry / _COMPLETE).read_text())
+            for obj in manifest:
+                if (self.entry / obj["rel"]).stat().st_size != obj["size"]:
+                    return None
+            return manifest
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
 
-    def fetch(self) -> Path:
-        client = _s3_client()
-        manifest = self._listing(client)
-        single = len(manifest) == 1 and manifest[0]["key"] == self.key.rstrip("/")
-        cached = self._trusted(manifest)
-        if cached is not None:
-            logger.info("model '%s': %s found in the cache at %s", self.model, self.uri, cached)
-        else:
-            self._download(client, manifest)
+    def _trusted(self, manifest: List[dict]) -> bool:
+        return self._cached_manifest() == manifest
+
+    def _path(self, manifest: List[dict]) -> Path:
+        single = len(manifest) == 1 and manifest[0]["key"] == self.prefix and not self.as_folder
         return self.entry / manifest[0]["rel"] if single else self.entry
 
+    def fetch(self) -> Path:
+        if not self.bucket:
+            raise self.fail("no bucket in the URI (expected s3://bucket/key)")
+        client = self._client()
+        try:
+            manifest = self._listing(client)
+        except _Unreachable as exc:
+            cached = self._cached_manifest()
+            if cached is None:
+                raise self.fail(f"cannot reach S3 at {client.meta.endpoint_url}: {exc}") from None
+            logger.warning("model '%s': cannot reach S3 (%s); using the copy of %s cached at %s",
+                           self.model, exc, self.uri, self.entry)
+            return self._path(cached)
+        if self._trusted(manifest):
+            logger.info("model '%s': %s found in the cache at %s", self.model, self.uri, self.entry)
+            return self._path(manifest)
+        with self._lock():
+            if self._trusted(manifest):  # another loader finished it while we waited
+                logger.info("model '%s': %s downloaded by another loader into %s",
+                            self.model, self.uri, self.entry)
+            else:
+                self._download(client, manifest)
+        return self._path(manifest)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / f".{self.entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self.fail(f"cannot use the cache folder {self.root}: {exc.strerror or exc} "
+                            "(set the option cache_dir or MODELSERVE_CACHE_DIR)") from None
+        try:
+            try:
+                import fcntl
+
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    logger.info("model '%s': waiting for another loader downloading %s", self.model, self.uri)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except (ImportError, OSError) as exc:  # no flock here (Windows, some network file systems)
+                logger.debug("model '%s': no lock on the cache (%s)", self.model, exc)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _sweep(self) -> None:
+        """Remove temporary folders of this entry that a killed process left behind."""
+        now = time.time()
+        for pattern in (f".{self.entry.name}.tmp-*", f".{self.entry.name}.old-*"):
+            for stale in self.root.glob(pattern):
+                try:
+                    newest = max([stale.lstat().st_mtime] + [
+                        os.lstat(os.path.join(d, f)).st_mtime
+                        for d, _, files in os.walk(stale) for f in files
+                    ])
+                except OSError:
+                    continue
+                if now - newest > STALE_SECONDS:
+                    logger.info("model '%s': removing the abandoned download %s", self.model, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+
     def _download(self, client, manifest: List[dict]) -> None:
-        total = sum(o["size"] for o in manifest) or 1
-        self.entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.entry.parent / f".{self.entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        total = sum(o["size"] for o in manifest)
+        self._sweep()
+        tmp = self.root / f".{self.entry.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         logger.info(
             "model '%s': downloading %s (%d file(s), %.1f MB) into %s",
             self.model, self.uri, len(manifest), total / 1e6, self.entry,
         )
+        started = last_log = time.monotonic()
         done = 0
-        last_log = time.monotonic()
+        guard = threading.Lock()  # s3transfer calls back from its worker threads
 
         def progress(n: int) -> None:
             nonlocal done, last_log
-            done += n
-            now = time.monotonic()
-            if now - last_log >= 2.0:
+            with guard:
+                done += n
+                now = time.monotonic()
+                if now - last_log < PROGRESS_SECONDS:
+                    return
                 last_log = now
                 logger.info("model '%s': %s %.0f%% (%.1f/%.1f MB)", self.model, self.uri,
-                            100.0 * done / total, done / 1e6, total / 1e6)
+                            100.0 * done / (total or 1), done / 1e6, total / 1e6)
 
         try:
+            tmp.mkdir()
+            base = str(tmp.resolve()) + os.sep
             for obj in manifest:
                 target = (tmp / obj["rel"]).resolve()
-                if not str(target).startswith(str(tmp.resolve()) + os.sep):
+                if not str(target).startswith(base):
                     raise self.fail(f"object key escapes the download folder: {obj['key']}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 client.download_file(self.bucket, obj["key"], str(target), Callback=progress)
+                size = target.stat().st_size
+                if size != obj["size"]:
+                    raise self.fail(f"{obj['key']}: got {size} bytes, the listing said {obj['size']} "
+                                    "(did it change during the download? loading again will retry)")
             (tmp / _COMPLETE).write_text(json.dumps(manifest))
-            self._install(tmp)
+            self._install(tmp, manifest)
         except ModelLoadError:
             raise
         except Exception as exc:
-            raise self.fail(f"download failed: {type(exc).__name__}: {exc}")
+            raise self.fail(f"download failed: {type(exc).__name__}: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        logger.info("model '%s': downloaded %s (%.1f MB)", self.model, self.uri, total / 1e6)
+        logger.info("model '%s': downloaded %s (%.1f MB in %.1f s)", self.model, self.uri,
+                    total / 1e6, time.monotonic() - started)
 
-    def _install(self, tmp: Path) -> None:
-        """Swap the complete temporary folder into place; a concurrent loader may have won the race."""
+    def _install(self, tmp: Path, manifest: List[dict]) -> None:
+        """Swap the complete temporary folder into place (the stale entry, if any, goes away)."""
         old = None
-        if self.entry.exists():
-            old = self.entry.parent / f".{self.entry.name}.old-{uuid.uuid4().hex[:8]}"
+        if os.path.lexists(self.entry):
+            old = self.root / f".{self.entry.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 os.rename(self.entry, old)
-            except OSError:
+            except FileNotFoundError:
                 old = None
         try:
             os.rename(tmp, self.entry)
         except OSError:
-            if not (self.entry / _COMPLETE).exists():
+            if not self._trusted(manifest):  # without a working lock, another loader may have won
                 raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)

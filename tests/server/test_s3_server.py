@@ -1,0 +1,108 @@
+"""SKLearnRuntime loading from s3:// (a real moto S3 server) inside a real mlserver process."""
+
+from __future__ import annotations
+
+import joblib
+import numpy as np
+import pytest
+import requests
+
+from ..harness import Server, write_model
+from ..s3server import moto_s3
+
+SKLEARN = "modelserve.sklearn.SKLearnRuntime"
+ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
+
+def v2(rows, outputs=None):
+    body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
+    if outputs:
+        body["outputs"] = [{"name": o} for o in outputs]
+    return body
+
+
+def s3_model(root, name, uri, **extra):
+    params = {"uri": uri}
+    if extra:
+        params["extra"] = extra
+    return write_model(root, name, {"implementation": SKLEARN, "parameters": params})
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    with moto_s3(tmp_path_factory.mktemp("moto-server")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory, artifacts, s3):
+    s3.put("iris/model.joblib", artifacts["iris_joblib"])
+    s3.put("iris-folder/model.joblib", artifacts["iris_joblib"])
+    s3.put("iris-folder/README.md", b"the iris model")
+    s3.put("iris-folder/", b"")
+    root = tmp_path_factory.mktemp("s3-models")
+    cache = tmp_path_factory.mktemp("s3-cache")
+    s3_model(root, "s3-file", "s3://models/iris/model.joblib")
+    s3_model(root, "s3-prefix", "s3://models/iris-folder/")
+    srv = Server(root, env={**s3.env, "MODELSERVE_CACHE_DIR": str(cache)})
+    srv.cache = cache
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def predict(server, model, rows=ROWS, outputs=None):
+    r = server.infer(model, v2(rows, outputs))
+    assert r.status_code == 200, r.text
+    return next(o for o in r.json()["outputs"] if o["name"] == (outputs or ["predict"])[0])["data"]
+
+
+@pytest.mark.parametrize("model", ["s3-file", "s3-prefix"])
+def test_model_from_s3_serves_the_right_predictions(s3_server, artifacts, model):
+    expected = joblib.load(artifacts["iris_joblib"]).predict(np.array(ROWS)).tolist()
+    assert predict(s3_server, model) == expected
+
+
+def test_downloads_went_to_the_configured_cache(s3_server):
+    files = {p.name for p in s3_server.cache.rglob("*") if p.is_file()}
+    assert {"model.joblib", "README.md"} <= files
+
+
+def test_missing_key_fails_its_load_naming_the_uri_and_others_keep_serving(s3_server):
+    uri = "s3://models/iris/does-not-exist.joblib"
+    s3_model(s3_server.root, "s3-missing", uri)
+    r = s3_server.load("s3-missing")
+    assert r.status_code >= 400
+    assert uri in r.text and "not found" in r.text
+    assert "Traceback" not in r.text
+    r = requests.get(f"{s3_server.url}/v2/models/s3-missing/ready", timeout=10)
+    assert r.status_code != 200
+    assert predict(s3_server, "s3-file") and predict(s3_server, "s3-prefix")
+
+
+def test_missing_bucket_fails_its_load_naming_the_bucket(s3_server):
+    uri = "s3://no-such-bucket/iris/model.joblib"
+    s3_model(s3_server.root, "s3-nobucket", uri)
+    r = s3_server.load("s3-nobucket")
+    assert r.status_code >= 400 and uri in r.text and "does not exist" in r.text
+    assert predict(s3_server, "s3-file")
+
+
+def test_reload_picks_up_a_new_object(s3_server, s3, artifacts):
+    s3.put("swap/model.joblib", artifacts["iris_joblib"])
+    s3_model(s3_server.root, "s3-swap", "s3://models/swap/")
+    r = s3_server.load("s3-swap")
+    assert r.status_code == 200, r.text
+    assert predict(s3_server, "s3-swap", outputs=["predict_proba"])  # a LogisticRegression has it
+    s3.put("swap/model.joblib", artifacts["svc"])  # an SVC does not
+    r = s3_server.load("s3-swap")
+    assert r.status_code == 200, r.text
+    r = s3_server.infer("s3-swap", v2(ROWS, ["predict_proba"]))
+    assert r.status_code == 400 and "decision_function" in r.text, r.text
+    assert predict(s3_server, "s3-file")
+
+
+def test_download_progress_shows_in_the_server_log(s3_server):
+    log = s3_server.log()
+    assert "downloading s3://models/iris/model.joblib" in log
+    assert "downloaded s3://models/iris-folder/" in log
