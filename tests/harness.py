@@ -107,3 +107,54 @@ class Server:
 
     def unload(self, model: str) -> requests.Response:
         return requests.post(f"{self.url}/v2/repository/models/{model}/unload", timeout=60)
+
+
+# -- gRPC with tritonclient ------------------------------------------------------------------------------
+# tritonclient.grpc and mlserver register the same protobuf symbols ("inference.ServerLiveRequest"):
+# whichever is imported second fails. The unit tests import mlserver into the pytest process, so the
+# gRPC client runs in a fresh interpreter.
+GRPC_CLIENT = r"""
+import json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+req = json.load(sys.stdin)
+client = grpcclient.InferenceServerClient(url=req["url"])
+try:
+    if req["op"] == "metadata":
+        meta = client.get_model_metadata(req["model"])
+        out = {"inputs": [[t.name, t.datatype, list(t.shape)] for t in meta.inputs],
+               "outputs": [[t.name, t.datatype, list(t.shape)] for t in meta.outputs]}
+    else:
+        inputs = []
+        for name, data, datatype in req["inputs"]:
+            arr = (np.array([v.encode() for v in data], dtype=object) if datatype == "BYTES"
+                   else np.array(data, dtype=req["dtypes"][name]))
+            inp = grpcclient.InferInput(name, list(arr.shape), datatype)
+            inp.set_data_from_numpy(arr)
+            inputs.append(inp)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in req.get("outputs") or []] or None
+        res = client.infer(req["model"], inputs, outputs=outputs, parameters=req["parameters"])
+        out = {"outputs": {}}
+        for o in res.get_response().outputs:
+            arr = res.as_numpy(o.name)
+            values = [v.decode() for v in arr.reshape(-1)] if o.datatype == "BYTES" else arr.reshape(-1).tolist()
+            out["outputs"][o.name] = {"datatype": o.datatype, "shape": list(arr.shape), "data": values}
+except InferenceServerException as exc:
+    out = {"error": {"status": exc.status(), "message": exc.message()}}
+json.dump(out, sys.stdout)
+"""
+
+
+def grpc(server: "Server", op: str, model: str, inputs=(), parameters=None, outputs=None) -> dict:
+    """One tritonclient.grpc call, in a fresh interpreter; inputs are (name, ndarray, V2 datatype)."""
+    req = {"url": server.grpc_url, "op": op, "model": model, "parameters": parameters, "outputs": outputs,
+           "inputs": [(n, a.tolist() if d != "BYTES" else [str(v) for v in a], d) for n, a, d in inputs],
+           "dtypes": {n: str(a.dtype) for n, a, d in inputs if d != "BYTES"}}
+    proc = subprocess.run([sys.executable, "-c", GRPC_CLIENT], input=json.dumps(req), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+

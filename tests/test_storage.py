@@ -339,7 +339,7 @@ def test_s3_unreachable_endpoint_falls_back_on_the_cached_copy(s3env, monkeypatc
         monkeypatch.setenv("AWS_ENDPOINT_URL", down.endpoint)
         uri = down.put("iris/model.joblib", b"cached")
         first = storage.resolve(settings(uri))
-    with caplog.at_level(logging.WARNING, logger="modelserve.storage"):
+    with caplog.at_level(logging.WARNING, logger="mlserver.modelserve.storage"):
         assert storage.resolve(settings(uri)) == first
     assert first.read_bytes() == b"cached"
     assert "cannot reach S3" in caplog.text and "using the copy" in caplog.text
@@ -370,7 +370,7 @@ def test_cache_hit_does_not_download_again(s3env, prefix, spy, caplog):
     first = storage.resolve(settings(uri), WELLKNOWN)
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
     assert spy.calls == [f"{prefix}/iris/model.joblib"]
-    with caplog.at_level(logging.INFO, logger="modelserve.storage"):
+    with caplog.at_level(logging.INFO, logger="mlserver.modelserve.storage"):
         second = storage.resolve(settings(uri), WELLKNOWN)
     assert second == first and (second.stat().st_mtime_ns, second.stat().st_ino) == stamp
     assert len(spy.calls) == 1
@@ -433,7 +433,7 @@ def test_unusable_cache_folder_is_a_clear_error(s3env, prefix, tmp_path):
 def test_download_logs_progress(s3env, prefix, monkeypatch, caplog):
     monkeypatch.setattr(storage, "PROGRESS_SECONDS", 0.0)
     uri = s3env.put(f"{prefix}/big/model.joblib", os.urandom(300_000))
-    with caplog.at_level(logging.INFO, logger="modelserve.storage"):
+    with caplog.at_level(logging.INFO, logger="mlserver.modelserve.storage"):
         storage.resolve(settings(uri))
     text = caplog.text
     assert f"downloading {uri} (1 file(s), 0.3 MB)" in text

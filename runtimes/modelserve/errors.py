@@ -15,7 +15,11 @@ class ModelLoadError(MLServerError):
     """The model cannot be loaded: bad option, missing or corrupt file, unsupported URI."""
 
     def __init__(self, model: str, msg: str):
+        self.model, self.reason = model, msg
         super().__init__(f"model '{model}' failed to load: {msg}", status.HTTP_422_UNPROCESSABLE_ENTITY)
+
+    def __reduce__(self):  # crosses MLServer's worker processes intact
+        return (type(self), (self.model, self.reason))
 
 
 class InternalError(MLServerError):
@@ -23,6 +27,9 @@ class InternalError(MLServerError):
 
     def __init__(self, msg: str):
         super().__init__(msg, status.HTTP_500_INTERNAL_SERVER_ERROR)
+
+    def __reduce__(self):
+        return (type(self), (str(self),))
 
 
 def one_line(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any, ClassVar, Type
 
 from fastapi import Depends, Request
@@ -17,7 +18,12 @@ from .codecs import v1_request_to_v2, v2_response_to_v1
 from .errors import BadRequest, InternalError, ModelLoadError, one_line
 from .options import RuntimeOptions, parse_options
 
-logger = logging.getLogger("modelserve")
+logger = logging.getLogger("mlserver.modelserve")
+
+MODEL_FILE_LOCK = threading.Lock()
+"""Held while a model file is deserialised. MLServer loads models concurrently, and unpickling in
+parallel threads imports the same modules at once, which Python's import machinery can report as a
+deadlock (``_DeadlockError``, seen with sklearn). Loading is rare; one file at a time costs nothing."""
 
 
 async def _raw_body(request: Request) -> bytes:

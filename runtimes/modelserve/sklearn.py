@@ -16,7 +16,7 @@ from .batching import Coalescer
 from .codecs import decode_array, decode_column, encode_array
 from .errors import BadRequest, ModelLoadError
 from .options import RuntimeOptions, _CaseInsensitiveEnum
-from .runtime import Runtime
+from .runtime import MODEL_FILE_LOCK, Runtime
 
 WELLKNOWN = ("model.joblib", "model.pkl", "model.pickle", "model.skops")
 
@@ -40,6 +40,11 @@ class SKLearnOptions(RuntimeOptions):
 
 
 def _load_estimator(path: Path, trusted: List[str]):
+    with MODEL_FILE_LOCK:
+        return _read_estimator(path, trusted)
+
+
+def _read_estimator(path: Path, trusted: List[str]):
     if path.suffix == ".skops":
         import skops.io as sio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import write_model
+from ..harness import grpc, write_model
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"
 GOOD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
@@ -49,14 +49,9 @@ def test_unknown_model_is_404(any_server):
 
 def test_grpc_unknown_model_is_not_found(server):
     import numpy as np
-    import tritonclient.grpc as grpcclient
 
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    x = grpcclient.InferInput("input-0", [1, 4], "FP64")
-    x.set_data_from_numpy(np.ones((1, 4)))
-    with pytest.raises(Exception) as exc:
-        client.infer("no-such-model", [x])
-    assert "no-such-model" in str(exc.value)
+    err = grpc(server, "infer", "no-such-model", [("input-0", np.ones((1, 4)), "FP64")])["error"]
+    assert err["status"] == "StatusCode.NOT_FOUND" and "no-such-model" in err["message"]
 
 
 # -- load errors, through the repository API so the server keeps serving the others --------------

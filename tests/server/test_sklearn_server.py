@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import requests
 
+from ..harness import grpc
 from ..models import iris_xy
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -137,43 +138,26 @@ def test_metadata_lists_inputs_and_outputs(server):
 
 
 def test_grpc_infer_and_metadata(any_server, artifacts):
-    import tritonclient.grpc as grpcclient
-
     model = joblib.load(artifacts["iris_joblib"])
-    client = grpcclient.InferenceServerClient(any_server.grpc_url)
     x = np.array(ROWS, dtype=np.float32)
-    inp = grpcclient.InferInput("input-0", list(x.shape), "FP32")
-    inp.set_data_from_numpy(x)
-    res = client.infer("iris", [inp], outputs=[grpcclient.InferRequestedOutput("predict"),
-                                               grpcclient.InferRequestedOutput("predict_proba")])
-    assert res.as_numpy("predict").tolist() == model.predict(x).tolist()
-    np.testing.assert_allclose(res.as_numpy("predict_proba"), model.predict_proba(x), rtol=1e-6)
-    md = client.get_model_metadata("iris")
-    assert md.inputs[0].name == "input-0"
+    res = grpc(any_server, "infer", "iris", [("input-0", x, "FP32")], outputs=["predict", "predict_proba"])
+    o = res["outputs"]
+    assert o["predict"]["datatype"] == "INT64" and o["predict"]["data"] == model.predict(x).tolist()
+    np.testing.assert_allclose(np.array(o["predict_proba"]["data"]).reshape(3, 3), model.predict_proba(x), rtol=1e-6)
+    md = grpc(any_server, "metadata", "iris")
+    assert md["inputs"] == [["input-0", "FP64", [-1, 4]]]
     # a bad request over gRPC is INVALID_ARGUMENT with the same one-line reason
-    bad = grpcclient.InferInput("input-0", [1, 3], "FP32")
-    bad.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
-    with pytest.raises(Exception) as exc:
-        client.infer("iris", [bad])
-    assert "expected 4 features per row, got 3" in str(exc.value)
-    assert "Traceback" not in str(exc.value)
+    err = grpc(any_server, "infer", "iris", [("input-0", np.ones((1, 3), dtype=np.float32), "FP32")])["error"]
+    assert err["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "expected 4 features per row, got 3" in err["message"] and "Traceback" not in err["message"]
 
 
 def test_grpc_string_labels(server):
-    import tritonclient.grpc as grpcclient
-
     X, _ = iris_xy(frame=True)
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    inputs = []
-    for c in X.columns:
-        i = grpcclient.InferInput(c, [2], "FP64")
-        i.set_data_from_numpy(X[c].to_numpy()[[0, 120]])
-        inputs.append(i)
-    colour = grpcclient.InferInput("colour", [2], "BYTES")
-    colour.set_data_from_numpy(np.array([b"red", b"blue"], dtype=object))
-    inputs.append(colour)
-    res = client.infer("iris-df", inputs, outputs=[grpcclient.InferRequestedOutput("predict")])
-    assert [v.decode() for v in res.as_numpy("predict").tolist()] == ["setosa", "virginica"]
+    inputs = [(c, X[c].to_numpy()[[0, 120]], "FP64") for c in X.columns]
+    inputs.append(("colour", np.array(["red", "blue"], dtype=object), "BYTES"))
+    res = grpc(server, "infer", "iris-df", inputs, outputs=["predict"])
+    assert res["outputs"]["predict"] == {"datatype": "BYTES", "shape": [2], "data": ["setosa", "virginica"]}
 
 
 def test_http_tritonclient(server, artifacts):
