@@ -1,4 +1,4 @@
-"""SKLearnRuntime loading from s3:// (a real moto S3 server) inside a real mlserver process."""
+"""Runtimes loading from s3:// (a real moto S3 server) inside a real mlserver process."""
 
 from __future__ import annotations
 
@@ -106,3 +106,28 @@ def test_download_progress_shows_in_the_server_log(s3_server):
     log = s3_server.log()
     assert "downloading s3://models/iris/model.joblib" in log
     assert "downloaded s3://models/iris-folder/" in log
+
+
+def test_mlflow_model_folder_from_an_s3_prefix(s3_server, s3, tmp_path_factory):
+    """An MLmodel folder mirrored from s3://bucket/prefix/ and served by MLflowRuntime."""
+    from ..mlflow_models import MLFLOW, build
+
+    folder = build(tmp_path_factory.mktemp("mlflow-art"))["columns"]
+    for f in folder.rglob("*"):
+        if f.is_file():
+            s3.put(f"mlflow-iris/{f.relative_to(folder).as_posix()}", f)
+    write_model(s3_server.root, "s3-mlflow", {"implementation": MLFLOW,
+                                             "parameters": {"uri": "s3://models/mlflow-iris/",
+                                                            "extra": {"root_invocations": False}}})
+    r = s3_server.load("s3-mlflow")
+    assert r.status_code == 200, r.text
+    cols = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    inputs = [{"name": c, "shape": [3], "datatype": "FP64", "data": [row[i] for row in ROWS]}
+              for i, c in enumerate(cols)]
+    r = s3_server.infer("s3-mlflow", {"inputs": inputs})
+    assert r.status_code == 200, r.text
+    import mlflow.pyfunc
+    import pandas as pd
+
+    direct = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame(ROWS, columns=cols))
+    assert r.json()["outputs"][0]["data"] == np.asarray(direct).tolist()
