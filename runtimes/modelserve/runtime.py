@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -36,6 +37,17 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body or b"null")
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _freeze_heap() -> None:
+    """Moves everything alive after a load out of the garbage collector's sight.
+
+    A server holds ~200k long-lived objects (sklearn, scipy, pandas, MLServer); every full collection
+    walks them all (~100 ms measured) and frees nothing, which showed as 100 ms p99 latency under load.
+    Objects created later are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Runtime(MLModel):
@@ -82,6 +94,7 @@ class Runtime(MLModel):
         except Exception as exc:
             logger.exception("model '%s' failed to load", self.name)
             raise ModelLoadError(self.name, one_line(exc)) from None
+        _freeze_heap()
         return True
 
     async def _load(self) -> None:

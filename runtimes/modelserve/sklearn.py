@@ -205,7 +205,8 @@ class SKLearnRuntime(Runtime):
             results = await self._coalescer((wanted, shape_key), rows, n)
         except ValueError as exc:  # sklearn's own input validation: the caller's data is at fault
             raise BadRequest(f"the model rejected the input: {exc}") from None
-        return InferenceResponse(
+        # every field is already typed: skip a second validation on this per-request path
+        return InferenceResponse.model_construct(
             model_name=self.name,
             model_version=self.version,
             id=payload.id,

@@ -7,8 +7,8 @@ from typing import Any, List, Optional
 
 import numpy as np
 from mlserver.codecs import NumpyCodec, StringCodec
-from mlserver.codecs.numpy import _encode_data, to_datatype
-from mlserver.types import Datatype, RequestInput, ResponseOutput
+from mlserver.codecs.numpy import to_datatype
+from mlserver.types import Datatype, Parameters, RequestInput, ResponseOutput, TensorData
 
 from ..errors import BadRequest
 
@@ -68,11 +68,16 @@ def decode_array(inp: RequestInput) -> np.ndarray:
             raise BadRequest(f"input '{inp.name}': raw data does not fit {dtype}: {exc}") from None
     else:
         values = _flat(raw)
-        if any(isinstance(v, (str, bytes, list, dict)) or v is None for v in values):
-            bad = next(v for v in values if isinstance(v, (str, bytes, list, dict)) or v is None)
+        try:
+            # numpy infers the kind first: strings, None or nested lists never pass as numbers
+            probe = np.asarray(values)
+        except (ValueError, TypeError):
+            probe = np.asarray([None])
+        if probe.dtype.kind not in "biuf":
+            bad = next((v for v in values if isinstance(v, (str, bytes, list, dict)) or v is None), values)
             raise BadRequest(f"input '{inp.name}': datatype {dtype} but the data holds {bad!r}")
         try:
-            arr = np.asarray(values, dtype=np_dtype)
+            arr = np.asarray(values, dtype=np_dtype) if probe.dtype != np_dtype else probe
         except (ValueError, TypeError, OverflowError) as exc:
             raise BadRequest(f"input '{inp.name}': data does not fit datatype {dtype} ({exc})") from None
     if arr.size != expected:
@@ -90,25 +95,38 @@ def decode_column(inp: RequestInput) -> np.ndarray:
     return arr
 
 
+_DATATYPES: dict = {}
+
+
+def _datatype_of(dtype: np.dtype) -> Datatype:
+    dt = _DATATYPES.get(dtype)
+    if dt is None:
+        dt = _DATATYPES[dtype] = to_datatype(dtype)
+    return dt
+
+
 def encode_array(name: str, arr: Any, datatype: Optional[str] = None) -> ResponseOutput:
-    """An ndarray (or list) as a V2 output, with the datatype the values really have."""
+    """An ndarray (or list) as a V2 output, with the datatype the values really have.
+
+    Keeps the array's own shape (MLServer's NumpyCodec turns [n] into [n, 1]); NaN becomes null, as
+    MLServer does. Built without re-validation: every field is already of the right type, and this runs
+    once per output of every request.
+    """
     arr = np.asarray(arr)
-    if arr.dtype.kind in "OUS":
-        flat = arr.reshape(-1)
-        values = [(v if isinstance(v, str) else str(v)).encode("utf-8") for v in flat.tolist()]
-        return ResponseOutput(
-            name=name,
-            shape=list(arr.shape),
-            datatype=Datatype.BYTES,
-            parameters={"content_type": StringCodec.ContentType},
-            data=values,
-        )
-    # Keeps the array's own shape (MLServer's NumpyCodec turns [n] into [n, 1]); NaN becomes null.
-    dt = Datatype(datatype) if datatype else to_datatype(arr.dtype)
-    return ResponseOutput(
+    kind = arr.dtype.kind
+    if kind in "OUS":
+        values = [(v if isinstance(v, str) else str(v)).encode("utf-8") for v in arr.reshape(-1).tolist()]
+        dt, content_type = Datatype.BYTES, StringCodec.ContentType
+    else:
+        dt = Datatype(datatype) if datatype else _datatype_of(arr.dtype)
+        content_type = NumpyCodec.ContentType
+        values = arr.reshape(-1).tolist()
+        if kind in "fc" and not np.isfinite(arr).all():
+            values = [None if v != v else v for v in values]
+    return ResponseOutput.model_construct(
         name=name,
         shape=list(arr.shape),
-        datatype=dt,
-        parameters={"content_type": NumpyCodec.ContentType},
-        data=_encode_data(arr, dt),
+        datatype=dt.value,  # the model stores enum values (use_enum_values)
+        parameters=Parameters.model_construct(content_type=content_type),
+        data=TensorData.model_construct(root=values),
     )
