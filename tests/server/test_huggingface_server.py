@@ -1,0 +1,209 @@
+"""HuggingFaceRuntime behind a real mlserver process: HTTP (V2, V1), gRPC, batching, bad input, load errors."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import numpy as np
+import pytest
+import requests
+
+from ..harness import Server, grpc, write_model
+from ..hf_models import LABELS, build_classifier, minilm_dir
+
+pytest.importorskip("transformers")
+pytest.importorskip("sentence_transformers")
+
+HF = "modelserve.huggingface.HuggingFaceRuntime"
+TEXTS = ["A man is eating food.", "hello", "The quick brown fox jumps over the lazy dog.", "Kubernetes!"]
+
+
+@pytest.fixture(scope="session")
+def hf_server(tmp_path_factory):
+    """One server (default parallel workers) with MiniLM and a tiny classifier, plain and batched."""
+    art = tmp_path_factory.mktemp("hf-art")
+    classifier = build_classifier(art / "classifier")
+    root = tmp_path_factory.mktemp("hf-server")
+    minilm = {"uri": str(minilm_dir())}
+    write_model(root, "minilm", {"implementation": HF, "parameters": minilm})
+    write_model(root, "minilm-batched", {"implementation": HF, "max_batch_size": 16, "max_batch_time": 0.1,
+                                         "parameters": {**minilm, "extra": {"coalesce": False}}})
+    write_model(root, "classifier", {"implementation": HF, "parameters": {"uri": "./model"}},
+                {"model": classifier})
+    write_model(root, "classifier-probs", {"implementation": HF, "parameters": {
+        "uri": "./model", "extra": {"return_probabilities": True, "task": "sequence_classification"}}},
+        {"model": classifier})
+    write_model(root, "classifier-batched", {"implementation": HF, "max_batch_size": 16, "max_batch_time": 0.1,
+                                             "parameters": {"uri": "./model",
+                                                            "extra": {"return_probabilities": True,
+                                                                      "coalesce": False}}},
+                {"model": classifier})
+    srv = Server(root, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}).start(timeout=180)
+    srv.classifier = classifier
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def st_minilm():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
+
+
+def text_body(texts, datatype="BYTES", shape=None, name="text", outputs=None):
+    body = {"inputs": [{"name": name, "shape": shape or [len(texts)], "datatype": datatype, "data": texts}]}
+    if outputs:
+        body["outputs"] = [{"name": o} for o in outputs]
+    return body
+
+
+def out(resp, name):
+    o = next(o for o in resp["outputs"] if o["name"] == name)
+    return np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else np.float32).reshape(o["shape"])
+
+
+def probabilities(folder, texts):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+
+
+def test_http_embeddings_equal_sentence_transformers(hf_server, st_minilm):
+    r = hf_server.infer("minilm", text_body(TEXTS))
+    assert r.status_code == 200, r.text
+    o = r.json()["outputs"][0]
+    assert o["name"] == "embedding" and o["datatype"] == "FP32" and o["shape"] == [4, 384]
+    np.testing.assert_allclose(out(r.json(), "embedding"), st_minilm.encode(TEXTS), atol=1e-4)
+
+
+def test_http_classification_labels_scores_and_probabilities(hf_server):
+    probs = probabilities(hf_server.classifier, TEXTS)
+    r = hf_server.infer("classifier", text_body(TEXTS))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [(o["name"], o["datatype"], o["shape"]) for o in body["outputs"]] == [
+        ("label", "BYTES", [4]), ("score", "FP32", [4])]
+    assert out(body, "label").tolist() == [LABELS[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out(body, "score"), probs.max(1), atol=1e-5)
+    r = hf_server.infer("classifier-probs", text_body(TEXTS))
+    np.testing.assert_allclose(out(r.json(), "probabilities"), probs, atol=1e-5)
+
+
+def test_metadata_names_the_text_input_and_outputs(hf_server):
+    md = requests.get(f"{hf_server.url}/v2/models/minilm", timeout=10).json()
+    assert md["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert md["outputs"] == [{"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
+    md = requests.get(f"{hf_server.url}/v2/models/classifier", timeout=10).json()
+    assert [o["name"] for o in md["outputs"]] == ["label", "score", "probabilities"]
+
+
+def test_grpc_embeddings_classification_and_errors(hf_server, st_minilm):
+    texts = np.array(TEXTS, dtype=object)
+    res = grpc(hf_server, "infer", "minilm", [("text", texts, "BYTES")])
+    emb = res["outputs"]["embedding"]
+    assert emb["datatype"] == "FP32" and emb["shape"] == [4, 384]
+    np.testing.assert_allclose(np.array(emb["data"]).reshape(4, 384), st_minilm.encode(TEXTS), atol=1e-4)
+    res = grpc(hf_server, "infer", "classifier", [("text", texts, "BYTES")], outputs=["label"])
+    probs = probabilities(hf_server.classifier, TEXTS)
+    assert res["outputs"]["label"]["data"] == [LABELS[i] for i in probs.argmax(1)]
+    err = grpc(hf_server, "infer", "classifier", [("text", np.ones(2, dtype=np.float32), "FP32")])["error"]
+    assert err["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "takes text (datatype BYTES), got FP32" in err["message"] and "Traceback" not in err["message"]
+
+
+def test_v1_predict_with_string_instances(hf_server):
+    r = requests.post(f"{hf_server.url}/v1/models/classifier:predict", json={"instances": TEXTS[:2]}, timeout=30)
+    assert r.status_code == 200, r.text
+    probs = probabilities(hf_server.classifier, TEXTS[:2])
+    preds = r.json()["predictions"]  # several outputs: one object per row
+    assert [p["label"] for p in preds] == [LABELS[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose([p["score"] for p in preds], probs.max(1), atol=1e-5)
+    r = requests.post(f"{hf_server.url}/v1/models/minilm:predict", json={"instances": ["hello"]}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["predictions"][0]) == 384
+
+
+@pytest.mark.parametrize("model", ["minilm", "minilm-batched", "classifier-probs", "classifier-batched"])
+def test_concurrent_requests_of_different_sizes_get_their_own_rows(hf_server, st_minilm, model):
+    """MLServer's adaptive batching (*-batched) and our coalescing both merge requests; each gets its rows."""
+    rng = np.random.default_rng(0)
+    words = "the cat sat on a mat while dogs ran fast across green fields".split()
+    jobs = [[" ".join(rng.choice(words, size=int(rng.integers(1, 12)))) for _ in range(int(rng.integers(1, 5)))]
+            for _ in range(16)]
+    name = "embedding" if model.startswith("minilm") else "probabilities"
+
+    def call(texts):
+        r = hf_server.infer(model, text_body(texts))
+        assert r.status_code == 200, r.text
+        return out(r.json(), name)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, jobs))
+    flat = [t for job in jobs for t in job]
+    ref = (st_minilm.encode(flat) if name == "embedding" else probabilities(hf_server.classifier, flat))
+    start = 0
+    for texts, got in zip(jobs, results):
+        assert got.shape[0] == len(texts)
+        np.testing.assert_allclose(got, ref[start:start + len(texts)], atol=1e-4)
+        start += len(texts)
+
+
+BAD_REQUESTS = {
+    "fp32_for_text": (text_body([1.0, 2.0], datatype="FP32"), "takes text (datatype BYTES), got FP32"),
+    "empty_batch": (text_body([], shape=[0]), "empty batch"),
+    "empty_string": (text_body(["fine", ""]), "text 1 is empty"),
+    "too_long": (text_body(["word " * 400]), "text 0 is 402 tokens long; this model takes at most 256"),
+    "two_inputs": ({"inputs": text_body(["a"])["inputs"] * 2}, "takes one input tensor of texts, got 2"),
+    "unknown_output": (text_body(["a"], outputs=["logits"]), "unknown output 'logits'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_request_is_400_with_a_reason_and_the_server_keeps_serving(hf_server, case):
+    body, needle = BAD_REQUESTS[case]
+    r = hf_server.infer("minilm", body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]
+    assert "Traceback" not in r.text
+    assert hf_server.infer("minilm", text_body(["still serving"])).status_code == 200
+
+
+def test_bad_models_fail_to_load_with_a_reason_and_the_rest_keeps_serving(hf_server):
+    minilm = str(minilm_dir())
+    bad = {
+        "hf-bad-task": ({"uri": minilm, "extra": {"task": "summarize"}}, "option 'task'"),
+        "hf-bad-dtype": ({"uri": minilm, "extra": {"dtype": "float8"}}, "option 'dtype'"),
+        "hf-missing-folder": ({"uri": "./nowhere"}, "model path not found"),
+        "hf-vllm": ({"uri": minilm, "extra": {"backend": "VLLM"}}, "vLLM engine adapter is not available yet"),
+        "hf-not-yet": ({"uri": minilm, "extra": {"task": "text_generation"}},
+                       "task 'text_generation' is not implemented yet"),
+        "hf-wrong-task": ({"uri": minilm, "extra": {"task": "sequence_classification"}},
+                          "this folder holds BertModel"),
+    }
+    for name, (params, needle) in bad.items():
+        write_model(hf_server.root, name, {"implementation": HF, "parameters": params})
+        r = hf_server.load(name)
+        assert r.status_code != 200 and 400 <= r.status_code < 600, (name, r.text)
+        assert needle in r.text and "Traceback" not in r.text, (name, r.text)
+        assert hf_server.infer(name, text_body(["x"])).status_code in (400, 404)
+        assert hf_server.infer("minilm", text_body(["still serving"])).status_code == 200
+
+
+def test_http_tritonclient(hf_server, st_minilm):
+    """The README's tritonclient.http example (MLServer 1.7's REST takes JSON tensors: binary_data=False)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(hf_server.url.replace("http://", ""))
+    inp = httpclient.InferInput("text", [len(TEXTS)], "BYTES")
+    inp.set_data_from_numpy(np.array(TEXTS, dtype=object), binary_data=False)
+    res = client.infer("minilm", [inp],
+                       outputs=[httpclient.InferRequestedOutput("embedding", binary_data=False)])
+    np.testing.assert_allclose(res.as_numpy("embedding"), st_minilm.encode(TEXTS), atol=1e-4)
+    inp = httpclient.InferInput("text", [2], "BYTES")
+    inp.set_data_from_numpy(np.array(TEXTS[:2], dtype=object), binary_data=False)
+    res = client.infer("classifier", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)])
+    assert res.as_numpy("label").shape == (2,)

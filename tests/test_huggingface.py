@@ -1,0 +1,334 @@
+"""HuggingFaceRuntime on its own: outputs equal sentence-transformers / transformers, every option, load errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from .hf_models import (LABELS, build_all, build_config_only, build_custom_code, minilm_dir,
+                        minilm_variant)
+
+pytest.importorskip("transformers")
+pytest.importorskip("sentence_transformers")
+
+from mlserver.settings import ModelParameters, ModelSettings  # noqa: E402
+from mlserver.types import InferenceRequest, RequestInput, RequestOutput  # noqa: E402
+
+from modelserve.errors import BadRequest, ModelLoadError  # noqa: E402
+from modelserve.huggingface import HuggingFaceRuntime  # noqa: E402
+
+TEXTS = ["A man is eating food.", "hello", "The quick brown fox jumps over the lazy dog near the river bank.",
+         "Kubernetes schedules containers.", "ünïcödé text, with punctuation!?"]
+
+
+@pytest.fixture(scope="session")
+def hf(tmp_path_factory) -> dict:
+    return build_all(tmp_path_factory.mktemp("hf-unit"))
+
+
+@pytest.fixture(scope="session")
+def st_minilm():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
+
+
+def runtime(uri, **extra) -> HuggingFaceRuntime:
+    params = ModelParameters(uri=str(uri), extra=extra)
+    return HuggingFaceRuntime(ModelSettings(name="m", implementation=HuggingFaceRuntime, parameters=params))
+
+
+_loaded: dict = {}
+
+
+def loaded(uri, **extra) -> HuggingFaceRuntime:
+    key = (str(uri), tuple(sorted(extra.items())))
+    if key not in _loaded:
+        rt = runtime(uri, **extra)
+        asyncio.run(rt.load())
+        _loaded[key] = rt
+    return _loaded[key]
+
+
+def load_error(uri, **extra) -> str:
+    with pytest.raises(ModelLoadError) as err:
+        asyncio.run(runtime(uri, **extra).load())
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def request(texts, datatype="BYTES", shape=None, outputs=None, name="text") -> InferenceRequest:
+    return InferenceRequest(inputs=[RequestInput(name=name, shape=shape or [len(texts)], datatype=datatype,
+                                                 data=texts)],
+                            outputs=[RequestOutput(name=o) for o in outputs] if outputs else None)
+
+
+def _array(o) -> np.ndarray:
+    if o.datatype == "BYTES":
+        return np.array([v.decode() for v in o.data.root], dtype=object).reshape(o.shape)
+    return np.array(o.data.root, dtype=np.float32).reshape(o.shape)
+
+
+def infer(rt, texts, **kw) -> dict:
+    res = asyncio.run(rt.predict(request(texts, **kw)))
+    return {o.name: _array(o) for o in res.outputs}
+
+
+def bad_request(rt, req) -> str:
+    with pytest.raises(BadRequest) as err:
+        asyncio.run(rt.predict(req))
+    assert err.value.status_code == 400
+    return str(err.value)
+
+
+def direct_classifier(folder, texts):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+
+
+def direct_mean_pool(folder, texts, **tok_kw):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    out = []
+    with torch.no_grad():
+        for t in texts:  # one at a time: no padding in the reference
+            enc = tok([t], return_tensors="pt", **tok_kw)
+            out.append(model(**enc).last_hidden_state.mean(dim=1)[0].numpy())
+    return np.array(out)
+
+
+# -- text_embedding ------------------------------------------------------------------------------------
+
+def test_embeddings_equal_sentence_transformers(st_minilm):
+    rt = loaded(minilm_dir())
+    emb = infer(rt, TEXTS)["embedding"]
+    assert emb.shape == (5, 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb, st_minilm.encode(TEXTS), atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)  # the folder has a Normalize module
+
+
+def test_normalize_false_gives_the_unnormalised_pooling(st_minilm):
+    from sentence_transformers import SentenceTransformer
+
+    raw = SentenceTransformer(modules=[st_minilm[0], st_minilm[1]], device="cpu").encode(TEXTS)
+    emb = infer(loaded(minilm_dir(), normalize=False), TEXTS)["embedding"]
+    np.testing.assert_allclose(emb, raw, atol=1e-4)
+    assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "max", "mean_sqrt_len"])
+def test_pooling_mode_comes_from_the_sentence_transformers_config(tmp_path, pooling):
+    from sentence_transformers import SentenceTransformer
+
+    folder = minilm_variant(tmp_path / pooling, pooling, normalize=False)
+    rt = loaded(folder)
+    assert rt.pooling == pooling and rt.normalize is False
+    np.testing.assert_allclose(infer(rt, TEXTS)["embedding"],
+                               SentenceTransformer(str(folder), device="cpu").encode(TEXTS), atol=1e-4)
+
+
+def test_bare_encoder_is_mean_pooled_and_not_normalised_by_default(hf):
+    rt = loaded(hf["encoder"])
+    assert rt.task.value == "text_embedding"
+    emb = infer(rt, TEXTS[:3])["embedding"]
+    np.testing.assert_allclose(emb, direct_mean_pool(hf["encoder"], TEXTS[:3]), atol=1e-4)
+    emb = infer(loaded(hf["encoder"], normalize=True), TEXTS[:3])["embedding"]
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_max_length_truncates_like_sentence_transformers(st_minilm):
+    from sentence_transformers import SentenceTransformer
+
+    long = ["word " * 400, "short text"]
+    ref = SentenceTransformer(str(minilm_dir()), device="cpu")
+    ref.max_seq_length = 16
+    np.testing.assert_allclose(infer(loaded(minilm_dir(), max_length=16), long)["embedding"], ref.encode(long),
+                               atol=1e-4)
+
+
+def test_text_longer_than_the_model_takes_is_a_400_naming_the_limit():
+    msg = bad_request(loaded(minilm_dir()), request(["fine", "word " * 400]))
+    assert "text 1 is 402 tokens long; this model takes at most 256" in msg and "max_length" in msg
+
+
+def test_max_length_above_the_model_limit_is_refused():
+    assert "option 'max_length': 1000 is more than this model takes (256 tokens)" in load_error(
+        minilm_dir(), max_length=1000)
+
+
+def test_disable_lower_case_keeps_case():
+    upper, lower = ["HELLO World"], ["hello world"]
+    rt = loaded(minilm_dir())
+    np.testing.assert_allclose(infer(rt, upper)["embedding"], infer(rt, lower)["embedding"], atol=1e-6)
+    cased = loaded(minilm_dir(), disable_lower_case=True)
+    assert not np.allclose(infer(cased, upper)["embedding"], infer(cased, lower)["embedding"], atol=1e-3)
+
+
+def test_disable_special_tokens_drops_cls_and_sep(hf):
+    rt = loaded(hf["encoder"], disable_special_tokens=True)
+    tok = rt.tokenizer
+    ids = rt._encode(["hello world"])[0]["input_ids"]
+    assert tok.cls_token_id not in ids and tok.sep_token_id not in ids
+    np.testing.assert_allclose(infer(rt, ["hello world"])["embedding"],
+                               direct_mean_pool(hf["encoder"], ["hello world"], add_special_tokens=False), atol=1e-4)
+
+
+def test_return_token_type_ids_controls_the_tokenizer_output(hf):
+    assert "token_type_ids" in loaded(hf["encoder"])._encode(["a"])[0]  # BERT's default
+    assert "token_type_ids" not in loaded(hf["encoder"], return_token_type_ids=False)._encode(["a"])[0]
+    assert infer(loaded(hf["encoder"], return_token_type_ids=False), ["a b"])["embedding"].shape == (1, 32)
+
+
+# -- sequence_classification ---------------------------------------------------------------------------
+
+def test_classification_labels_and_scores_equal_transformers(hf):
+    rt = loaded(hf["classifier"])
+    assert rt.task.value == "sequence_classification"  # inferred from BertForSequenceClassification
+    probs = direct_classifier(hf["classifier"], TEXTS)
+    out = infer(rt, TEXTS)
+    assert list(out) == ["label", "score"]
+    assert out["label"].tolist() == [LABELS[i] for i in probs.argmax(1)]
+    np.testing.assert_allclose(out["score"], probs.max(1), atol=1e-5)
+
+
+def test_return_probabilities_gives_the_full_distribution(hf):
+    out = infer(loaded(hf["classifier"], return_probabilities=True), TEXTS)
+    assert list(out) == ["probabilities"] and out["probabilities"].shape == (5, 3)
+    np.testing.assert_allclose(out["probabilities"], direct_classifier(hf["classifier"], TEXTS), atol=1e-5)
+
+
+def test_requested_outputs_pick_among_label_score_probabilities(hf):
+    out = infer(loaded(hf["classifier"]), TEXTS[:2], outputs=["probabilities", "label"])
+    assert list(out) == ["probabilities", "label"]
+    assert "unknown output 'embedding': this model offers label, score, probabilities" in bad_request(
+        loaded(hf["classifier"]), request(["x"], outputs=["embedding"]))
+
+
+def test_backend_huggingface_is_transformers_and_vllm_is_refused(hf):
+    assert infer(loaded(hf["classifier"], backend="huggingface"), ["x"])["label"].shape == (1,)
+    msg = load_error(hf["classifier"], backend="VLLM")
+    assert "vLLM engine adapter is not available yet" in msg
+
+
+def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
+    rt = loaded(hf["classifier"], return_probabilities=True)
+    sizes = [1, 4, 2, 3, 1, 5]
+    batches = [[f"text {i} {j} " * (1 + j % 4) for j in range(n)] for i, n in enumerate(sizes)]
+    calls = []
+    orig = rt._call
+    rt._call = lambda key, rows: calls.append(len(rows)) or orig(key, rows)
+
+    async def run_all():
+        return await asyncio.gather(*(rt.predict(request(b)) for b in batches))
+
+    try:
+        results = asyncio.run(run_all())
+    finally:
+        rt._call = orig
+    assert len(calls) < len(sizes)  # merged into fewer forward passes
+    for texts, res in zip(batches, results):
+        got = _array(res.outputs[0])
+        np.testing.assert_allclose(got, direct_classifier(hf["classifier"], texts), atol=1e-5)
+
+
+# -- options that shape loading ------------------------------------------------------------------------
+
+def test_half_dtypes_fall_back_to_float32_on_cpu_with_a_warning(hf, caplog):
+    import torch
+
+    with caplog.at_level(logging.WARNING, logger="mlserver.modelserve.huggingface"):
+        rt = loaded(hf["encoder"], dtype="float16")
+    assert next(rt.model.parameters()).dtype == torch.float32
+    assert "dtype FLOAT16 is not used on CPU" in caplog.text
+    assert "'AUTO', 'FLOAT32'" in load_error(hf["encoder"], dtype="float8")
+
+
+def test_trust_remote_code_is_off_by_default(tmp_path):
+    folder = build_custom_code(tmp_path / "custom")
+    assert "trust_remote_code" in load_error(folder)
+    out = infer(loaded(folder, trust_remote_code=True), ["hello"])
+    assert out["label"][0] in LABELS.values()
+
+
+def test_tokenizer_revision_is_refused_for_a_local_folder(hf):
+    assert "option 'tokenizer_revision'" in load_error(hf["encoder"], tokenizer_revision="v2")
+
+
+def test_requests_are_logged_unless_disabled_and_cut_to_max_log_len(hf, caplog):
+    with caplog.at_level(logging.INFO, logger="mlserver.modelserve.huggingface"):
+        infer(loaded(hf["encoder"]), ["a secret sentence"])
+        assert "a secret sentence" in caplog.text
+        caplog.clear()
+        infer(loaded(hf["encoder"], max_log_len=4), ["a secret sentence"])
+        assert "'a se'" in caplog.text and "secret" not in caplog.text
+        caplog.clear()
+        infer(loaded(hf["encoder"], disable_log_requests=True), ["a secret sentence"])
+        assert "secret" not in caplog.text
+
+
+# -- load errors -----------------------------------------------------------------------------------------
+
+def test_task_is_checked_against_the_architecture(hf, tmp_path):
+    assert "needs a *ForSequenceClassification model; this folder holds BertModel" in load_error(
+        minilm_dir(), task="sequence_classification")
+    assert "task 'fill_mask' is not implemented yet" in load_error(hf["encoder"], task="fill_mask")
+    mlm = build_config_only(tmp_path / "mlm", "BertForMaskedLM")
+    msg = load_error(mlm)
+    assert "task 'fill_mask' is not implemented yet" in msg and "BertForMaskedLM" in msg
+    assert "'sequence_classification'" in load_error(hf["encoder"], task="summarize")
+    t5 = build_config_only(tmp_path / "t5", "T5Model")
+    (t5 / "config.json").write_text((t5 / "config.json").read_text().replace('"architectures"',
+                                                                            '"is_encoder_decoder": true, "architectures"'))
+    assert "T5Model is an encoder-decoder" in load_error(t5, task="text_embedding")
+
+
+def test_missing_or_non_transformers_folder_is_refused(tmp_path):
+    assert "model path not found" in load_error(tmp_path / "nothing")
+    assert "no config.json in" in load_error(tmp_path)
+
+
+# -- bad requests ----------------------------------------------------------------------------------------
+
+def test_bad_requests_are_400_naming_the_problem(hf):
+    rt = loaded(hf["classifier"])
+    cases = [
+        (request([1.0, 2.0], datatype="FP32"), "takes text (datatype BYTES), got FP32"),
+        (request([], shape=[0]), "empty batch"),
+        (request(["ok", ""]), "text 1 is empty"),
+        (request(["a", "b"], shape=[1, 2]), "expected shape [n]"),
+        (InferenceRequest(inputs=[]), "no inputs"),
+    ]
+    for req, needle in cases:
+        assert needle in bad_request(rt, req)
+    assert infer(rt, ["still serving"])["label"].shape == (1,)
+
+
+def test_import_loads_no_torch():
+    code = "import sys, modelserve.huggingface; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_unsupported_pooling_is_refused_at_load(tmp_path):
+    import json
+
+    folder = minilm_variant(tmp_path / "lasttoken", "mean", normalize=True)
+    cfg_path = folder / "1_Pooling" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(pooling_mode_mean_tokens=False, pooling_mode_lasttoken=True)
+    cfg_path.write_text(json.dumps(cfg))
+    assert "pooling lasttoken is not supported yet (one of: cls, mean, max, mean_sqrt_len)" in load_error(folder)
