@@ -38,20 +38,16 @@ def write_model(root: Path, name: str, settings: dict, files: Optional[Dict[str,
     return folder
 
 
-class Server:
-    def __init__(self, root: Path, parallel_workers: Optional[int] = None, debug: bool = True,
-                 env: Optional[dict] = None, log: Optional[Path] = None, extra: Optional[dict] = None):
-        self.root = Path(root)
+class MLServerProcess:
+    """A running mlserver command on free ports: start (wait until ready), log, stop (its whole group)."""
+
+    def __init__(self, log_path: Path, env: dict, cwd: Optional[Path] = None):
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        settings = {"debug": debug, "http_port": self.http_port, "grpc_port": self.grpc_port,
-                    "metrics_port": self.metrics_port, "host": "127.0.0.1", **(extra or {})}
-        if parallel_workers is not None:
-            settings["parallel_workers"] = parallel_workers
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "settings.json").write_text(json.dumps(settings))
-        self.env = {**os.environ, **(env or {})}
-        self.log_path = log or self.root / "mlserver.log"
+        self.env, self.cwd, self.log_path = env, cwd, log_path
         self.proc: Optional[subprocess.Popen] = None
+
+    def command(self) -> list:
+        raise NotImplementedError
 
     @property
     def url(self) -> str:
@@ -61,10 +57,10 @@ class Server:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 120) -> "Server":
+    def start(self, timeout: float = 120):
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([MLSERVER, "start", str(self.root)], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,6 +93,24 @@ class Server:
                 self.proc.wait(5)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+class Server(MLServerProcess):
+    """`mlserver start <root>` with a settings.json written for free ports."""
+
+    def __init__(self, root: Path, parallel_workers: Optional[int] = None, debug: bool = True,
+                 env: Optional[dict] = None, log: Optional[Path] = None, extra: Optional[dict] = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        super().__init__(log or self.root / "mlserver.log", {**os.environ, **(env or {})})
+        settings = {"debug": debug, "http_port": self.http_port, "grpc_port": self.grpc_port,
+                    "metrics_port": self.metrics_port, "host": "127.0.0.1", **(extra or {})}
+        if parallel_workers is not None:
+            settings["parallel_workers"] = parallel_workers
+        (self.root / "settings.json").write_text(json.dumps(settings))
+
+    def command(self) -> list:
+        return [MLSERVER, "start", str(self.root)]
 
     # -- conveniences ----------------------------------------------------------------------------
     def infer(self, model: str, body: dict, **kw) -> requests.Response:

@@ -4,7 +4,6 @@ import asyncio
 import threading
 
 import numpy as np
-import pytest
 
 from modelserve.batching import Coalescer
 

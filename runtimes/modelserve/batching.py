@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 import queue
 import threading
-from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, Sequence, Tuple
 
 Rows = Any  # an ndarray or DataFrame whose first axis is the batch
 Outputs = Dict[str, Any]

