@@ -1,4 +1,4 @@
-"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server."""
+"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server (hf://: test_hf_uri.py)."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_other_schemes_are_refused_listing_the_supported_ones(uri):
     msg = load_error(uri)
     scheme = uri.split("://")[0]
     assert f"unsupported URI scheme '{scheme}://'" in msg and uri in msg
-    for supported in ("local path", "file://", "s3://", "pvc://"):
+    for supported in ("local path", "file://", "s3://bucket/key", "pvc://claim/path", "hf://org/name[@revision]"):
         assert supported in msg
 
 

@@ -156,7 +156,7 @@ def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runti
     uri = storage_uri or params.get("uri")
     if not uri or "://" not in uri or uri.startswith("file://"):
         raise RenderError(f"parameters.uri {uri!r} is local to this machine: pass --storage-uri "
-                          "(s3://bucket/key, pvc://claim/path, gs://, https://)")
+                          "(s3://bucket/key, pvc://claim/path, hf://org/name, gs://, https://)")
 
     model: Dict[str, Any] = {
         "modelFormat": {"name": rt.model_format[0], "version": rt.model_format[1]},
