@@ -26,10 +26,12 @@ def _tiny_config(**kw):
                       intermediate_size=37, max_position_embeddings=512, **kw)
 
 
-def _save_tokenizer(out: Path) -> None:
+def _save_tokenizer(out: Path, token_types: bool = True) -> None:
+    """MiniLM's tokenizer; token_types=False drops token_type_ids, as GPT-2/T5 tokenizers do."""
     from transformers import AutoTokenizer
 
-    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True).save_pretrained(out)
+    kw = {} if token_types else {"model_input_names": ["input_ids", "attention_mask"]}
+    AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True, **kw).save_pretrained(out)
 
 
 def build_classifier(out: Path) -> Path:
@@ -52,6 +54,59 @@ def build_encoder(out: Path) -> Path:
     torch.manual_seed(1)
     BertModel(_tiny_config()).eval().save_pretrained(out)
     _save_tokenizer(out)
+    return out
+
+
+ENTITY_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
+
+
+def build_token_classifier(out: Path) -> Path:
+    """A tiny BertForTokenClassification with BIO labels (id2label), MiniLM's fast tokenizer beside it."""
+    import torch
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(2)
+    config = _tiny_config(num_labels=len(ENTITY_LABELS), id2label=ENTITY_LABELS,
+                          label2id={v: k for k, v in ENTITY_LABELS.items()})
+    BertForTokenClassification(config).eval().save_pretrained(out)
+    _save_tokenizer(out)
+    return out
+
+
+def build_masked_lm(out: Path) -> Path:
+    """A tiny BertForMaskedLM (MiniLM's tokenizer: mask token [MASK])."""
+    import torch
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(3)
+    BertForMaskedLM(_tiny_config()).eval().save_pretrained(out)
+    _save_tokenizer(out)
+    return out
+
+
+def build_causal_lm(out: Path) -> Path:
+    """A tiny random GPT2LMHeadModel over MiniLM's WordPiece vocabulary (no GPT-2 files needed offline)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(4)
+    config = GPT2Config(vocab_size=30522, n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    GPT2LMHeadModel(config).eval().save_pretrained(out)
+    _save_tokenizer(out, token_types=False)
+    return out
+
+
+def build_seq2seq(out: Path) -> Path:
+    """A tiny random T5ForConditionalGeneration over MiniLM's vocabulary ([PAD] starts the decoder, [SEP] ends)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(5)
+    config = T5Config(vocab_size=30522, d_model=32, d_kv=16, d_ff=37, num_layers=2, num_heads=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=102)
+    T5ForConditionalGeneration(config).eval().save_pretrained(out)
+    _save_tokenizer(out, token_types=False)
     return out
 
 

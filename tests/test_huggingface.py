@@ -285,10 +285,9 @@ def test_requests_are_logged_unless_disabled_and_cut_to_max_log_len(hf, caplog):
 def test_task_is_checked_against_the_architecture(hf, tmp_path):
     assert "needs a *ForSequenceClassification model; this folder holds BertModel" in load_error(
         minilm_dir(), task="sequence_classification")
-    assert "task 'fill_mask' is not implemented yet" in load_error(hf["encoder"], task="fill_mask")
-    mlm = build_config_only(tmp_path / "mlm", "BertForMaskedLM")
-    msg = load_error(mlm)
-    assert "task 'fill_mask' is not implemented yet" in msg and "BertForMaskedLM" in msg
+    assert "task 'fill_mask' needs a *ForMaskedLM model; this folder holds BertModel" in load_error(
+        hf["encoder"], task="fill_mask")
+    assert "needs a *ForCausalLM or *LMHeadModel model" in load_error(hf["encoder"], task="text_generation")
     assert "'sequence_classification'" in load_error(hf["encoder"], task="summarize")
     t5 = build_config_only(tmp_path / "t5", "T5Model")
     (t5 / "config.json").write_text((t5 / "config.json").read_text().replace('"architectures"',
@@ -332,3 +331,30 @@ def test_unsupported_pooling_is_refused_at_load(tmp_path):
     cfg.update(pooling_mode_mean_tokens=False, pooling_mode_lasttoken=True)
     cfg_path.write_text(json.dumps(cfg))
     assert "pooling lasttoken is not supported yet (one of: cls, mean, max, mean_sqrt_len)" in load_error(folder)
+
+
+def test_tokenizer_revision_reads_the_tokenizer_of_that_hub_revision(hf, tmp_path, monkeypatch):
+    """hf://acme/enc at main with an uncased tokenizer; revision 'cased' differs only in do_lower_case."""
+    import json as _json
+
+    from .test_hf_uri import fill_hf_cache
+
+    files = {p.relative_to(hf["encoder"]).as_posix(): p.read_bytes()
+             for p in hf["encoder"].rglob("*") if p.is_file()}
+    cache = tmp_path / "hf-cache"
+    for key in ("HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fill_hf_cache(cache, "acme/enc", files, "a" * 40)
+    cased = dict(files)
+    config = _json.loads(files["tokenizer_config.json"])
+    config["do_lower_case"] = False
+    cased["tokenizer_config.json"] = _json.dumps(config).encode()
+    fill_hf_cache(cache, "acme/enc", cased, "b" * 40, refs=("cased",))
+
+    main = infer(loaded("hf://acme/enc"), ["HELLO", "hello"])["embedding"]
+    np.testing.assert_allclose(main[0], main[1], atol=1e-6)  # uncased: the same tokens
+    other = infer(loaded("hf://acme/enc", tokenizer_revision="cased"), ["HELLO", "hello"])["embedding"]
+    assert not np.allclose(other[0], other[1], atol=1e-3)  # the cased tokenizer of that revision was used
+    assert "'nope'" in load_error("hf://acme/enc", tokenizer_revision="nope")

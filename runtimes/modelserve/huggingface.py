@@ -1,4 +1,4 @@
-"""HuggingFaceRuntime: a transformers model folder served for text embedding or sequence classification."""
+"""HuggingFaceRuntime: a transformers model folder served for embedding, classification, fill-mask or generation."""
 
 from __future__ import annotations
 
@@ -6,33 +6,37 @@ import asyncio
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Dict, Hashable, List, Optional
 
 import numpy as np
+from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from pydantic import Field
 
 from . import storage
-from .batching import Coalescer
+from .batching import Coalescer, ModelThread
 from .codecs import decode_array, encode_array
-from .errors import BadRequest, ModelLoadError
+from .engines import transformers as engine
+from .engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
+from .errors import BadRequest, InternalError, ModelLoadError, one_line
 from .options import Backend, Dtype, RuntimeOptions, Task
 from .runtime import MODEL_FILE_LOCK, Runtime
 
 logger = logging.getLogger("mlserver.modelserve.huggingface")
 
-IMPLEMENTED = (Task.TEXT_EMBEDDING, Task.SEQUENCE_CLASSIFICATION)
-_ARCH_TASKS = (  # architecture-name suffix -> the task it is built for
-    ("ForSequenceClassification", Task.SEQUENCE_CLASSIFICATION),
-    ("ForTokenClassification", Task.TOKEN_CLASSIFICATION),
-    ("ForMaskedLM", Task.FILL_MASK),
-    ("ForCausalLM", Task.TEXT_GENERATION),
-    ("LMHeadModel", Task.TEXT_GENERATION),
-    ("ForConditionalGeneration", Task.TEXT2TEXT_GENERATION),
-    ("Model", Task.TEXT_EMBEDDING),  # a bare encoder: BertModel, RobertaModel, ...
-)
-POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
-_ST_OK = ("Transformer", "Pooling", "Normalize")  # sentence-transformers modules this runtime reproduces
+IMPLEMENTED = tuple(Task)
+_OUTPUTS = {  # task -> (outputs offered, outputs answered by default)
+    Task.TEXT_EMBEDDING: (("embedding",), ("embedding",)),
+    Task.SEQUENCE_CLASSIFICATION: (("label", "score", "probabilities"), ("label", "score")),
+    Task.TOKEN_CLASSIFICATION: (("entities",), ("entities",)),
+    Task.FILL_MASK: (("tokens", "scores"), ("tokens", "scores")),
+    Task.TEXT_GENERATION: (("text",), ("text",)),
+    Task.TEXT2TEXT_GENERATION: (("text",), ("text",)),
+}
+
+
+TOKENIZER_FILES = ["tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "*.model", "config.json"]  # *.model: sentencepiece; AutoTokenizer may read config.json
 
 
 class HuggingFaceOptions(RuntimeOptions):
@@ -48,7 +52,7 @@ class HuggingFaceOptions(RuntimeOptions):
     disable_special_tokens: bool = False
     trust_remote_code: bool = False
     tokenizer_revision: Optional[str] = None
-    """A hub revision of the tokenizer; refused for local folders (they hold exactly one revision)."""
+    """The hub revision the tokenizer is read from (hf:// URIs only): a branch, tag or full commit sha."""
     return_token_type_ids: Optional[bool] = None
     """Default: what the tokenizer returns for this model."""
     return_probabilities: bool = False
@@ -61,68 +65,24 @@ class HuggingFaceOptions(RuntimeOptions):
     coalesce: bool = True
     """Merge requests that arrive while the model is busy into one forward pass (each gets its own rows)."""
     max_coalesced_rows: int = Field(default=256, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    """Generation: new tokens when the request does not say (request parameter `max_new_tokens`)."""
+    max_new_tokens_limit: int = Field(default=2048, ge=1)
+    """Generation: the most new tokens a request may ask for (more is a 400)."""
 
 
-def infer_task(architectures: Sequence[str], sentence_transformers: bool) -> Optional[Task]:
-    if sentence_transformers:
-        return Task.TEXT_EMBEDDING
-    for arch in architectures:
-        for suffix, task in _ARCH_TASKS:
-            if arch.endswith(suffix):
-                return task
-    return None
-
-
-def read_sentence_transformers(folder: Path) -> Tuple[Optional[str], bool, Optional[int], bool]:
-    """(pooling mode, has Normalize, max_seq_length, do_lower_case) of a sentence-transformers folder."""
-    modules = json.loads((folder / "modules.json").read_text())
-    pooling, normalize = None, False
-    for mod in modules:
-        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
-        if kind not in _ST_OK:
-            raise ValueError(f"sentence-transformers module {kind} is not supported yet (supported: {', '.join(_ST_OK)})")
-        if kind == "Normalize":
-            normalize = True
-        if kind == "Pooling":
-            cfg = json.loads((folder / mod.get("path", "") / "config.json").read_text())
-            pooling = _pooling_mode(cfg)
-    bert_cfg = folder / "sentence_bert_config.json"
-    st = json.loads(bert_cfg.read_text()) if bert_cfg.exists() else {}
-    return pooling, normalize, st.get("max_seq_length"), bool(st.get("do_lower_case"))
-
-
-def _pooling_mode(cfg: dict) -> str:
-    """The one pooling mode of a sentence-transformers Pooling config (`pooling_mode_<m>_tokens` flags)."""
-    if isinstance(cfg.get("pooling_mode"), str):
-        modes = [cfg["pooling_mode"]]
-    else:
-        modes = [k[len("pooling_mode_"):].replace("_tokens", "").replace("_token", "")
-                 for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True]
-    if len(modes) != 1 or modes[0] not in POOLING_MODES:
-        raise ValueError(f"pooling {'+'.join(modes) or 'none'} is not supported yet "
-                         f"(one of: {', '.join(POOLING_MODES)})")
-    return modes[0]
-
-
-def pool(hidden, mask, mode: str):
-    """Sentence vectors from token vectors, ignoring padding (so padded batches give the same rows)."""
-    import torch
-
-    if mode == "cls":
-        return hidden[:, 0]
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "max":
-        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(dim=1).values
-    summed, count = (hidden * m).sum(dim=1), m.sum(dim=1).clamp(min=1e-9)
-    return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
+def _params(payload: InferenceRequest) -> Dict[str, Any]:
+    if payload.parameters is None:
+        return {}
+    return {k: v for k, v in payload.parameters.model_dump(exclude_none=True).items()}
 
 
 class HuggingFaceRuntime(Runtime):
-    """Serves a transformers model folder: one BYTES input of texts, batched into one forward pass.
+    """Serves a transformers model folder: one BYTES input of texts.
 
-    text_embedding answers `embedding` FP32 [n, dim] with the model's own pooling (sentence-transformers'
-    Pooling config when present, else mean); sequence_classification answers `label` and `score`, or
-    `probabilities` with return_probabilities.
+    Encoder tasks (embedding, classification, token classification, fill-mask) run the batch as one
+    forward pass, merged with concurrent requests; generation runs prompt by prompt through
+    model.generate in the model thread, and streams token by token through predict_stream.
     """
 
     options_class = HuggingFaceOptions
@@ -132,27 +92,29 @@ class HuggingFaceRuntime(Runtime):
         if opts.backend == Backend.VLLM:
             raise ModelLoadError(self.name, "backend VLLM: the vLLM engine adapter is not available yet; "
                                             "use backend HUGGINGFACE (or AUTO) to run transformers")
-        if opts.task is not None and opts.task not in IMPLEMENTED:
-            raise ModelLoadError(self.name, self._not_implemented(opts.task))
         path = await asyncio.to_thread(storage.resolve, self.settings, (), opts.cache_dir, opts.pvc_root)
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelLoadError(self.name, f"no config.json in {path}: parameters.uri must name a transformers "
                                             "model folder (save_pretrained output)")
+        tokenizer_path = path
         if opts.tokenizer_revision is not None:
-            raise ModelLoadError(self.name, f"option 'tokenizer_revision': {path} is a local folder, which holds one "
-                                            "revision only; revisions apply to hub models (not supported yet)")
-        await asyncio.to_thread(self._load_model, path)
+            uri = (self.settings.parameters.uri or "").strip()
+            if storage.split_uri(uri)[0] != "hf":
+                raise ModelLoadError(self.name, f"option 'tokenizer_revision' applies to hf:// URIs; {path} is a "
+                                                "local folder, which holds one revision only")
+            repo_id, _ = storage.parse_hf(self.name, uri)
+            tokenizer_path = await asyncio.to_thread(storage.hf_snapshot, self.name, repo_id,
+                                                     opts.tokenizer_revision, TOKENIZER_FILES)
+        await asyncio.to_thread(self._load_model, path, tokenizer_path)
         self._coalescer = Coalescer(self._call, lambda parts: [r for p in parts for r in p],
                                     max_rows=opts.max_coalesced_rows, enabled=opts.coalesce)
+        self._thread = ModelThread("modelserve-generate") if self.task in GENERATION_TASKS else None
         self._set_metadata()
 
-    def _not_implemented(self, task: Task) -> str:
-        return (f"task '{task.value}' is not implemented yet in this runtime "
-                f"(implemented: {', '.join(t.value for t in IMPLEMENTED)})")
-
-    def _load_model(self, path: Path) -> None:
-        import torch
-        import transformers
+    def _load_model(self, path: Path, tokenizer_path: Path) -> None:
+        with MODEL_FILE_LOCK:  # models load in parallel threads: one first import of transformers at a time
+            import torch
+            import transformers
 
         opts: HuggingFaceOptions = self.options
         remote = opts.trust_remote_code
@@ -165,10 +127,9 @@ class HuggingFaceRuntime(Runtime):
         if task is None:
             raise ModelLoadError(self.name, f"cannot tell the task of architecture {arch}: set option 'task' "
                                             f"({', '.join(t.value for t in IMPLEMENTED)})")
-        if task not in IMPLEMENTED:
-            raise ModelLoadError(self.name, f"{self._not_implemented(task)}; inferred from architecture {arch}")
-        if task == Task.SEQUENCE_CLASSIFICATION and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise ModelLoadError(self.name, f"task 'sequence_classification' needs a *ForSequenceClassification "
+        auto_name, heads = TASK_HEADS[task]
+        if heads and not any(a.endswith(h) for a in archs for h in heads):
+            raise ModelLoadError(self.name, f"task '{task.value}' needs a {' or '.join('*' + h for h in heads)} "
                                             f"model; this folder holds {arch}")
         if task == Task.TEXT_EMBEDDING and getattr(config, "is_encoder_decoder", False):
             raise ModelLoadError(self.name, f"task 'text_embedding' needs an encoder model; {arch} is an "
@@ -183,15 +144,21 @@ class HuggingFaceRuntime(Runtime):
             self.lower_text = False
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = self._torch_dtype(torch, config)
+        self.dtype = engine.torch_dtype(torch, opts.dtype, self.device, config, lambda: logger.warning(
+            "model '%s': dtype %s is not used on CPU (slow or missing half-precision kernels); running float32",
+            self.name, opts.dtype.value))
         tok_kw: Dict[str, Any] = {"do_lower_case": False} if opts.disable_lower_case else {}
-        auto = (transformers.AutoModelForSequenceClassification if task == Task.SEQUENCE_CLASSIFICATION
-                else transformers.AutoModel)
         with MODEL_FILE_LOCK:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-                path, trust_remote_code=remote, local_files_only=True, **tok_kw)
-            model = auto.from_pretrained(path, config=config, trust_remote_code=remote, local_files_only=True)
+                tokenizer_path, trust_remote_code=remote, local_files_only=True, **tok_kw)
+            model = getattr(transformers, auto_name).from_pretrained(
+                path, config=config, trust_remote_code=remote, local_files_only=True)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if task == Task.TOKEN_CLASSIFICATION and not getattr(self.tokenizer, "is_fast", False):
+            raise ModelLoadError(self.name, "task 'token_classification' needs a fast tokenizer (tokenizer.json) "
+                                            "for character offsets")
+        if task == Task.FILL_MASK and self.tokenizer.mask_token_id is None:
+            raise ModelLoadError(self.name, "task 'fill_mask': the tokenizer has no mask token")
 
         limits = [n for n in (st_max, self.tokenizer.model_max_length) if n and n < 1_000_000]
         if not limits:
@@ -201,35 +168,29 @@ class HuggingFaceRuntime(Runtime):
             raise ModelLoadError(self.name, f"option 'max_length': {opts.max_length} is more than this model "
                                             f"takes ({self.model_limit} tokens)")
         self.labels: List[str] = []
-        if task == Task.SEQUENCE_CLASSIFICATION:
+        if task in (Task.SEQUENCE_CLASSIFICATION, Task.TOKEN_CLASSIFICATION):
             id2label = getattr(config, "id2label", None) or {}
             self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
         self.arch = arch
 
-    def _torch_dtype(self, torch, config):
-        want = self.options.dtype
-        if want in (Dtype.AUTO, Dtype.FLOAT32, Dtype.FLOAT):
-            if want == Dtype.AUTO and self.device.type == "cuda":
-                conf = getattr(config, "torch_dtype", None)
-                return conf if conf in (torch.float16, torch.bfloat16) else torch.float32
-            return torch.float32
-        if self.device.type == "cpu":
-            logger.warning("model '%s': dtype %s is not used on CPU (slow or missing half-precision kernels); "
-                           "running float32", self.name, want.value)
-            return torch.float32
-        return torch.bfloat16 if want == Dtype.BFLOAT16 else torch.float16
-
     def _set_metadata(self) -> None:
         if not self.inputs:
-            self.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
+            name = "prompt" if self.task in GENERATION_TASKS else "text"
+            self.inputs = [MetadataTensor(name=name, datatype="BYTES", shape=[-1])]
         if not self.outputs:
             if self.task == Task.TEXT_EMBEDDING:
                 dim = int(getattr(self.model.config, "hidden_size", -1) or -1)
                 self.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, dim])]
-            else:
+            elif self.task == Task.SEQUENCE_CLASSIFICATION:
                 self.outputs = [MetadataTensor(name="label", datatype="BYTES", shape=[-1]),
                                 MetadataTensor(name="score", datatype="FP32", shape=[-1]),
                                 MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, len(self.labels)])]
+            elif self.task == Task.FILL_MASK:
+                self.outputs = [MetadataTensor(name="tokens", datatype="BYTES", shape=[-1, -1]),
+                                MetadataTensor(name="scores", datatype="FP32", shape=[-1, -1])]
+            else:
+                name = "entities" if self.task == Task.TOKEN_CLASSIFICATION else "text"
+                self.outputs = [MetadataTensor(name=name, datatype="BYTES", shape=[-1])]
 
     # -- request -> token ids ----------------------------------------------------------------------
     def _texts(self, payload: InferenceRequest) -> List[str]:
@@ -255,11 +216,11 @@ class HuggingFaceRuntime(Runtime):
             raise BadRequest(f"input '{inp.name}': text {empty[0]} is empty")
         return texts
 
-    def _encode(self, texts: List[str]) -> List[Dict[str, List[int]]]:
+    def _encode(self, texts: List[str], **extra) -> List[Dict[str, List[int]]]:
         opts: HuggingFaceOptions = self.options
         if self.lower_text:
             texts = [t.lower() for t in texts]
-        kw: Dict[str, Any] = {"add_special_tokens": not opts.disable_special_tokens}
+        kw: Dict[str, Any] = {"add_special_tokens": not opts.disable_special_tokens, **extra}
         if opts.return_token_type_ids is not None:
             kw["return_token_type_ids"] = opts.return_token_type_ids
         if opts.max_length is not None:
@@ -283,27 +244,10 @@ class HuggingFaceRuntime(Runtime):
         logger.info("model '%s' request %s: %d text(s): %r", self.name, payload.id, len(texts), shown)
 
     # -- the model call (in the model thread) ------------------------------------------------------
-    def _pad(self, torch, rows: List[Dict[str, List[int]]]) -> Dict[str, Any]:
-        """Pads the merged rows to the longest one (the attention mask hides the padding)."""
-        width = max(len(r["input_ids"]) for r in rows)
-        left = getattr(self.tokenizer, "padding_side", "right") == "left"
-        fill = {"input_ids": self.tokenizer.pad_token_id or 0}
-        out = {}
-        for key in rows[0]:
-            arr = np.full((len(rows), width), fill.get(key, 0), dtype=np.int64)
-            for i, r in enumerate(rows):
-                v = r[key]
-                if left:
-                    arr[i, width - len(v):] = v
-                else:
-                    arr[i, :len(v)] = v
-            out[key] = torch.from_numpy(arr)
-        return out
-
     def _call(self, key: Hashable, rows: List[Dict[str, List[int]]]) -> Dict[str, np.ndarray]:
         import torch
 
-        batch = {k: v.to(self.device) for k, v in self._pad(torch, rows).items()}
+        batch = {k: v.to(self.device) for k, v in engine.pad(torch, self.tokenizer, rows).items()}
         with torch.inference_mode():
             if self.task == Task.TEXT_EMBEDDING:
                 hidden = self.model(**batch).last_hidden_state
@@ -311,23 +255,34 @@ class HuggingFaceRuntime(Runtime):
                 if self.normalize:
                     vec = torch.nn.functional.normalize(vec, p=2, dim=1)
                 return {"embedding": vec.cpu().numpy()}
+            if self.task == Task.FILL_MASK:
+                return engine.fill_mask_call(torch, self.model, batch, self.tokenizer.mask_token_id, key[1])
             probs = torch.softmax(self.model(**batch).logits.float(), dim=-1).cpu().numpy()
         return {"probabilities": probs}
 
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        if self.task == Task.TEXT_EMBEDDING:
-            offered, default = ("embedding",), ("embedding",)
-        else:
-            offered = ("label", "score", "probabilities")
-            default = ("probabilities",) if self.options.return_probabilities else ("label", "score")
+    def _wanted(self, payload: InferenceRequest):
+        offered, default = _OUTPUTS[self.task]
+        if self.task == Task.SEQUENCE_CLASSIFICATION and self.options.return_probabilities:
+            default = ("probabilities",)
         wanted = tuple(o.name for o in payload.outputs) if payload.outputs else default
         unknown = [w for w in wanted if w not in offered]
         if unknown:
             raise BadRequest(f"unknown output '{unknown[0]}': this model offers {', '.join(offered)}")
+        return wanted
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        wanted = self._wanted(payload)
         texts = self._texts(payload)
         self._log(payload, texts)
-        rows = self._encode(texts)
-        result = await self._coalescer(self.task, rows, len(rows))
+        if self.task in GENERATION_TASKS:
+            result = {"text": np.array(await self._generate(payload, texts), dtype=object)}
+        elif self.task == Task.TOKEN_CLASSIFICATION:
+            result = await self._token_classification(texts)
+        elif self.task == Task.FILL_MASK:
+            result = await self._fill_mask(payload, texts)
+        else:
+            rows = self._encode(texts)
+            result = await self._coalescer(self.task, rows, len(rows))
         if self.task == Task.SEQUENCE_CLASSIFICATION:
             probs = result["probabilities"]
             best = probs.argmax(axis=1)
@@ -337,8 +292,98 @@ class HuggingFaceRuntime(Runtime):
             model_name=self.name, model_version=self.version, id=payload.id,
             outputs=[encode_array(w, result[w]) for w in wanted])
 
+    async def _token_classification(self, texts: List[str]) -> Dict[str, np.ndarray]:
+        full = self._encode(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
+        side = [(r.pop("offset_mapping"), r.pop("special_tokens_mask")) for r in full]
+        probs = (await self._coalescer(self.task, full, len(full)))["probabilities"]
+        entities = [engine.token_entities(self.tokenizer, self.labels, row, offsets, special, probs[i])
+                    for i, (row, (offsets, special)) in enumerate(zip(full, side))]
+        return {"entities": np.array([json.dumps(e) for e in entities], dtype=object)}
+
+    async def _fill_mask(self, payload: InferenceRequest, texts: List[str]) -> Dict[str, np.ndarray]:
+        params = _params(payload)
+        unknown = [k for k in params if k not in ("top_k", "content_type", "headers")]
+        if unknown:
+            raise BadRequest(f"unknown parameter '{unknown[0]}': fill_mask takes top_k")
+        top_k = engine.number("top_k", params.get("top_k", 5), int, 1, len(self.tokenizer))
+        mask = self.tokenizer.mask_token
+        counts = [t.count(mask) for t in texts]
+        missing = [i for i, c in enumerate(counts) if c == 0]
+        if missing:
+            raise BadRequest(f"text {missing[0]} has no mask token: put {mask} where a word should be filled in")
+        if len(set(counts)) > 1:
+            raise BadRequest(f"every text must hold the same number of {mask} tokens, got {counts}")
+        rows = self._encode(texts)
+        cut = [i for i, r in enumerate(rows) if r["input_ids"].count(self.tokenizer.mask_token_id) != counts[i]]
+        if cut:
+            raise BadRequest(f"text {cut[0]}: a {mask} token was cut off by option max_length")
+        out = await self._coalescer((self.task, top_k), rows, len(rows))
+        m = counts[0]
+        ids, scores = out["ids"][:, :m], out["scores"][:, :m]
+        tokens = np.array([self.tokenizer.decode([int(i)]) for i in ids.reshape(-1)], dtype=object).reshape(ids.shape)
+        if m == 1:
+            tokens, scores = tokens[:, 0], scores[:, 0]
+        return {"tokens": tokens, "scores": scores}
+
+    # -- generation --------------------------------------------------------------------------------
+    def _generation_args(self, payload: InferenceRequest):
+        opts: HuggingFaceOptions = self.options
+        return engine.generation_kwargs(_params(payload), min(opts.max_new_tokens, opts.max_new_tokens_limit),
+                                        opts.max_new_tokens_limit)
+
+    async def _generate(self, payload: InferenceRequest, prompts: List[str]) -> List[str]:
+        import torch
+
+        kw, seed, stop = self._generation_args(payload)
+        rows = self._encode(prompts)
+        return [await self._thread.submit(engine.generate_one, torch, self.model, self.tokenizer, row, kw, seed,
+                                          stop, self.device) for row in rows]
+
+    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
+        """Generation, one response per piece of new text (REST: /v2/models/<name>/generate_stream or
+        /infer_stream, as server-sent events; gRPC: ModelStreamInfer). Needs parallel_workers 0."""
+        import torch
+
+        payload = await payloads.__anext__()
+        streamer = None
+        try:
+            if self.task not in GENERATION_TASKS:
+                yield await self._predict(payload)
+                return
+            wanted = self._wanted(payload)
+            prompts = self._texts(payload)
+            if len(prompts) != 1:
+                raise BadRequest(f"streaming takes one prompt per request, got {len(prompts)}")
+            self._log(payload, prompts)
+            kw, seed, stop = self._generation_args(payload)
+            row = self._encode(prompts)[0]
+            queue: asyncio.Queue = asyncio.Queue()
+            streamer = engine.QueueStreamer(engine.TextDeltas(self.tokenizer, stop), asyncio.get_running_loop(),
+                                            queue)
+            job = self._thread.submit(engine.generate_one, torch, self.model, self.tokenizer, row, kw, seed, stop,
+                                      self.device, streamer)
+            while True:
+                delta = await queue.get()
+                if delta is None:
+                    break
+                yield InferenceResponse.model_construct(
+                    model_name=self.name, model_version=self.version, id=payload.id,
+                    outputs=[encode_array(wanted[0], np.array([delta], dtype=object))])
+            await job
+        except MLServerError:
+            raise
+        except Exception as exc:
+            logger.exception("model '%s' failed on a streamed request", self.name)
+            raise InternalError(f"model '{self.name}' failed: {one_line(exc)}") from None
+        finally:
+            if streamer is not None:
+                streamer.cancelled = True  # the client left early: stop generating
+
     async def unload(self) -> bool:
         coalescer = getattr(self, "_coalescer", None)
         if coalescer is not None:
             coalescer.close()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.close()
         return True

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from ..harness import Server, grpc, write_model
-from ..hf_models import LABELS, build_classifier, minilm_dir
+from ..hf_models import LABELS, build_classifier, build_masked_lm, build_token_classifier, minilm_dir
 
 pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")
@@ -38,8 +38,11 @@ def hf_server(tmp_path_factory):
                                                             "extra": {"return_probabilities": True,
                                                                       "coalesce": False}}},
                 {"model": classifier})
+    tagger, mlm = build_token_classifier(art / "tagger"), build_masked_lm(art / "mlm")
+    write_model(root, "tagger", {"implementation": HF, "parameters": {"uri": str(tagger)}})
+    write_model(root, "mlm", {"implementation": HF, "parameters": {"uri": str(mlm)}})
     srv = Server(root, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}).start(timeout=180)
-    srv.classifier = classifier
+    srv.classifier, srv.tagger, srv.mlm = classifier, tagger, mlm
     yield srv
     srv.stop()
 
@@ -179,8 +182,8 @@ def test_bad_models_fail_to_load_with_a_reason_and_the_rest_keeps_serving(hf_ser
         "hf-bad-dtype": ({"uri": minilm, "extra": {"dtype": "float8"}}, "option 'dtype'"),
         "hf-missing-folder": ({"uri": "./nowhere"}, "model path not found"),
         "hf-vllm": ({"uri": minilm, "extra": {"backend": "VLLM"}}, "vLLM engine adapter is not available yet"),
-        "hf-not-yet": ({"uri": minilm, "extra": {"task": "text_generation"}},
-                       "task 'text_generation' is not implemented yet"),
+        "hf-no-lm-head": ({"uri": minilm, "extra": {"task": "text_generation"}},
+                          "task 'text_generation' needs a *ForCausalLM or *LMHeadModel model"),
         "hf-wrong-task": ({"uri": minilm, "extra": {"task": "sequence_classification"}},
                           "this folder holds BertModel"),
     }
@@ -207,3 +210,54 @@ def test_http_tritonclient(hf_server, st_minilm):
     inp.set_data_from_numpy(np.array(TEXTS[:2], dtype=object), binary_data=False)
     res = client.infer("classifier", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=False)])
     assert res.as_numpy("label").shape == (2,)
+
+
+# -- token_classification and fill_mask --------------------------------------------------------------------
+
+def test_http_token_classification_equals_the_transformers_pipeline(hf_server):
+    import json
+
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    texts = ["John Smith lives in Berlin.", "Kubernetes schedules containers!"]
+    r = hf_server.infer("tagger", text_body(texts))
+    assert r.status_code == 200, r.text
+    o = r.json()["outputs"][0]
+    assert (o["name"], o["datatype"], o["shape"]) == ("entities", "BYTES", [2])
+    pipe = pipeline("token-classification", model=AutoModelForTokenClassification.from_pretrained(hf_server.tagger),
+                    tokenizer=AutoTokenizer.from_pretrained(hf_server.tagger), aggregation_strategy="none",
+                    device="cpu")
+    for text, got in zip(texts, o["data"]):
+        got, want = json.loads(got), pipe(text)
+        assert [(e["word"], e["entity"], e["start"], e["end"]) for e in got] == \
+               [(w["word"], w["entity"], w["start"], w["end"]) for w in want]
+        np.testing.assert_allclose([e["score"] for e in got], [float(w["score"]) for w in want], atol=1e-5)
+
+
+def test_http_fill_mask_top_k_equals_a_direct_model_call(hf_server):
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    texts = ["Paris is the [MASK] of France.", "I like [MASK]."]
+    body = {**text_body(texts), "parameters": {"top_k": 3}}
+    r = hf_server.infer("mlm", body)
+    assert r.status_code == 200, r.text
+    tokens, scores = out(r.json(), "tokens"), out(r.json(), "scores")
+    assert tokens.shape == (2, 3) and scores.shape == (2, 3)
+    tok, model = AutoTokenizer.from_pretrained(hf_server.mlm), AutoModelForMaskedLM.from_pretrained(hf_server.mlm)
+    for i, t in enumerate(texts):
+        enc = tok([t], return_tensors="pt")
+        pos = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
+        with torch.no_grad():
+            v, idx = torch.softmax(model(**enc).logits[0, pos], -1).topk(3)
+        assert tokens[i].tolist() == [tok.decode([int(j)]) for j in idx]
+        np.testing.assert_allclose(scores[i], v.numpy(), rtol=1e-4)
+    assert out(hf_server.infer("mlm", text_body(texts)).json(), "tokens").shape == (2, 5)  # top_k default 5
+
+
+def test_fill_mask_text_without_mask_is_400_naming_the_mask_token(hf_server):
+    r = hf_server.infer("mlm", text_body(["a [MASK] here", "no mask here"]))
+    assert r.status_code == 400, r.text
+    assert "text 1 has no mask token: put [MASK]" in r.json()["error"] and "Traceback" not in r.text
+    r = hf_server.infer("mlm", {**text_body(["a [MASK]"]), "parameters": {"top_k": 0}})
+    assert r.status_code == 400 and "parameter 'top_k' is 0" in r.json()["error"]

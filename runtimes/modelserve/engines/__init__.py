@@ -1,0 +1,1 @@
+"""Thin adapters over model libraries, shared by the runtimes (transformers for now)."""

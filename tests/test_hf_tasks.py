@@ -1,0 +1,297 @@
+"""HuggingFaceRuntime's token_classification, fill_mask, text_generation and text2text_generation on tiny
+random models: outputs equal a direct transformers call; request parameters are checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from .hf_models import ENTITY_LABELS, build_causal_lm, build_masked_lm, build_seq2seq, build_token_classifier
+
+pytest.importorskip("transformers")
+
+from mlserver.settings import ModelParameters, ModelSettings  # noqa: E402
+from mlserver.types import InferenceRequest, Parameters, RequestInput  # noqa: E402
+
+from modelserve.errors import BadRequest  # noqa: E402
+from modelserve.huggingface import HuggingFaceRuntime  # noqa: E402
+
+TEXTS = ["John Smith lives in Berlin.", "hello", "Kubernetes schedules containers near the river bank!"]
+PROMPTS = ["the quick brown fox", "once upon a time"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("hf-tasks")
+    return {"token": build_token_classifier(root / "token"), "mlm": build_masked_lm(root / "mlm"),
+            "gpt2": build_causal_lm(root / "gpt2"), "t5": build_seq2seq(root / "t5")}
+
+
+_loaded: dict = {}
+
+
+def loaded(uri, **extra) -> HuggingFaceRuntime:
+    key = (str(uri), tuple(sorted(extra.items())))
+    if key not in _loaded:
+        rt = HuggingFaceRuntime(ModelSettings(name="m", implementation=HuggingFaceRuntime,
+                                              parameters=ModelParameters(uri=str(uri), extra=extra)))
+        asyncio.run(rt.load())
+        _loaded[key] = rt
+    return _loaded[key]
+
+
+def request(texts, **params) -> InferenceRequest:
+    return InferenceRequest(inputs=[RequestInput(name="text", shape=[len(texts)], datatype="BYTES", data=texts)],
+                            parameters=Parameters(**params) if params else None)
+
+
+def infer(rt, texts, **params) -> dict:
+    res = asyncio.run(rt.predict(request(texts, **params)))
+    out = {}
+    for o in res.outputs:
+        if o.datatype == "BYTES":
+            out[o.name] = np.array([v.decode() for v in o.data.root], dtype=object).reshape(o.shape)
+        else:
+            out[o.name] = np.array(o.data.root, dtype=np.float32).reshape(o.shape)
+    return out
+
+
+def bad_request(rt, texts, **params) -> str:
+    with pytest.raises(BadRequest) as err:
+        asyncio.run(rt.predict(request(texts, **params)))
+    assert err.value.status_code == 400
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def direct(folder, auto):
+    import transformers
+
+    return (transformers.AutoTokenizer.from_pretrained(folder),
+            getattr(transformers, auto).from_pretrained(folder).eval())
+
+
+def direct_generate(folder, prompt, max_new_tokens, auto="AutoModelForCausalLM"):
+    import torch
+
+    tok, model = direct(folder, auto)
+    enc = tok([prompt], return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    start = 0 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
+    return tok.decode(out[0, start:], skip_special_tokens=True)
+
+
+# -- token_classification ------------------------------------------------------------------------------
+
+def test_token_entities_equal_the_transformers_pipeline(tiny):
+    from transformers import pipeline
+
+    rt = loaded(tiny["token"])
+    assert rt.task.value == "token_classification"
+    got = infer(rt, TEXTS)["entities"]
+    assert got.shape == (3,)
+    tok, model = direct(tiny["token"], "AutoModelForTokenClassification")
+    pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="none", device="cpu")
+    n_entities = 0
+    for text, entities in zip(TEXTS, got):
+        entities = json.loads(entities)
+        want = pipe(text)
+        assert [(e["word"], e["entity"], e["start"], e["end"], e["index"]) for e in entities] == \
+               [(w["word"], w["entity"], w["start"], w["end"], w["index"]) for w in want]
+        np.testing.assert_allclose([e["score"] for e in entities], [float(w["score"]) for w in want], atol=1e-5)
+        for e in entities:
+            assert e["entity"] in ENTITY_LABELS.values() and e["entity"] != "O"
+            assert text[e["start"]:e["end"]].lower() == e["word"].replace("##", "")
+        n_entities += len(entities)
+    assert n_entities > 0
+
+
+def test_token_classification_batched_equals_one_by_one(tiny):
+    rt = loaded(tiny["token"])
+    together = infer(rt, TEXTS)["entities"]
+    alone = [infer(rt, [t])["entities"][0] for t in TEXTS]
+    for a, b in zip(together, alone):
+        ea, eb = json.loads(a), json.loads(b)
+        assert [e["word"] for e in ea] == [e["word"] for e in eb]
+        np.testing.assert_allclose([e["score"] for e in ea], [e["score"] for e in eb], atol=1e-5)
+
+
+# -- fill_mask -------------------------------------------------------------------------------------------
+
+def _direct_fill(folder, texts, k):
+    import torch
+
+    tok, model = direct(folder, "AutoModelForMaskedLM")
+    tokens, scores = [], []
+    with torch.no_grad():
+        for t in texts:
+            enc = tok([t], return_tensors="pt")
+            pos = (enc["input_ids"][0] == tok.mask_token_id).nonzero().flatten()
+            probs = torch.softmax(model(**enc).logits[0, pos], -1)
+            v, i = probs.topk(k, -1)
+            tokens.append([[tok.decode([int(x)]) for x in row] for row in i])
+            scores.append(v.numpy())
+    return tokens, np.array(scores)
+
+
+def test_fill_mask_top5_equals_a_direct_model_call(tiny):
+    rt = loaded(tiny["mlm"])
+    texts = ["Paris is the [MASK] of France.", "I like [MASK] very much", "[MASK]"]
+    got = infer(rt, texts)
+    assert got["tokens"].shape == (3, 5) and got["scores"].shape == (3, 5)
+    tokens, scores = _direct_fill(tiny["mlm"], texts, 5)
+    assert got["tokens"].tolist() == [t[0] for t in tokens]
+    np.testing.assert_allclose(got["scores"], scores[:, 0], rtol=1e-4)
+
+
+def test_fill_mask_top_k_and_several_masks(tiny):
+    rt = loaded(tiny["mlm"])
+    assert infer(rt, ["a [MASK] b"], top_k=2)["tokens"].shape == (1, 2)
+    texts = ["[MASK] and [MASK]", "the [MASK] sat on the [MASK]"]
+    got = infer(rt, texts, top_k=3)
+    assert got["tokens"].shape == (2, 2, 3)
+    tokens, scores = _direct_fill(tiny["mlm"], texts, 3)
+    assert got["tokens"].tolist() == tokens
+    np.testing.assert_allclose(got["scores"], scores, rtol=1e-4)
+
+
+def test_fill_mask_bad_requests_are_400(tiny):
+    rt = loaded(tiny["mlm"])
+    assert "text 1 has no mask token: put [MASK]" in bad_request(rt, ["a [MASK]", "no mask here"])
+    assert "same number of [MASK]" in bad_request(rt, ["a [MASK]", "[MASK] [MASK]"])
+    assert "parameter 'top_k' is 0" in bad_request(rt, ["a [MASK]"], top_k=0)
+    assert "parameter 'top_k' must be an integer" in bad_request(rt, ["a [MASK]"], top_k="many")
+    assert "unknown parameter 'temperature'" in bad_request(rt, ["a [MASK]"], temperature=1.0)
+    short = loaded(tiny["mlm"], max_length=4)
+    assert "text 0: a [MASK] token was cut off by option max_length" in bad_request(short, ["a b c d e f [MASK]"])
+
+
+# -- generation ------------------------------------------------------------------------------------------
+
+def test_greedy_text_generation_equals_model_generate(tiny):
+    rt = loaded(tiny["gpt2"])
+    assert rt.task.value == "text_generation" and rt.inputs[0].name == "prompt"
+    got = infer(rt, PROMPTS, max_new_tokens=12)["text"]
+    assert got.tolist() == [direct_generate(tiny["gpt2"], p, 12) for p in PROMPTS]
+    assert all(len(t.split()) >= 3 for t in got)
+    default = infer(rt, PROMPTS[:1])["text"][0]  # option max_new_tokens: 64 by default
+    assert default == direct_generate(tiny["gpt2"], PROMPTS[0], 64)
+
+
+def test_greedy_text2text_generation_equals_model_generate(tiny):
+    rt = loaded(tiny["t5"])
+    assert rt.task.value == "text2text_generation"
+    got = infer(rt, PROMPTS, max_new_tokens=10)["text"]
+    assert got.tolist() == [direct_generate(tiny["t5"], p, 10, "AutoModelForSeq2SeqLM") for p in PROMPTS]
+    assert all(got)
+
+
+def test_stop_strings_cut_the_text_at_the_first_one(tiny):
+    rt = loaded(tiny["gpt2"])
+    full = infer(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
+    words = full.split()
+    stop = words[3]
+    cut = infer(rt, PROMPTS[:1], max_new_tokens=20, stop=[stop, "never-seen"])["text"][0]
+    assert cut == full[:full.find(stop)]
+    assert infer(rt, PROMPTS[:1], max_new_tokens=20, stop="never-seen")["text"][0] == full
+
+
+def test_sampling_follows_the_seed(tiny):
+    rt = loaded(tiny["gpt2"])
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95, top_k=50)
+    a = infer(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
+    assert a == infer(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
+    others = {infer(rt, PROMPTS[:1], seed=s, **kw)["text"][0] for s in (8, 9, 10)}
+    assert others != {a}
+    greedy = infer(rt, PROMPTS[:1], max_new_tokens=10)["text"][0]
+    assert infer(rt, PROMPTS[:1], max_new_tokens=10, temperature=0)["text"][0] == greedy
+
+
+def test_generation_parameters_are_checked(tiny):
+    rt = loaded(tiny["gpt2"], max_new_tokens_limit=100)
+    msg = bad_request(rt, PROMPTS[:1], beams=4)
+    assert "unknown generation parameter 'beams'" in msg and "max_new_tokens" in msg
+    assert "parameter 'max_new_tokens' is 0; allowed range [1, 100]" in bad_request(rt, PROMPTS[:1], max_new_tokens=0)
+    assert "parameter 'max_new_tokens' is 101" in bad_request(rt, PROMPTS[:1], max_new_tokens=101)
+    assert "parameter 'max_new_tokens' must be an integer" in bad_request(rt, PROMPTS[:1], max_new_tokens=2.5)
+    assert "parameter 'top_p'" in bad_request(rt, PROMPTS[:1], top_p=1.5)
+    assert "parameter 'temperature'" in bad_request(rt, PROMPTS[:1], temperature=-1)
+    assert "parameter 'do_sample' must be true or false" in bad_request(rt, PROMPTS[:1], do_sample="yes")
+    assert "parameter 'stop' must be a list" in bad_request(rt, PROMPTS[:1], stop=[1])
+
+
+def _stream(rt, prompts, **params):
+    async def run():
+        async def payloads():
+            yield request(prompts, **params)
+        return [r.outputs[0].data.root[0].decode() async for r in rt.predict_stream(payloads())]
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("model", ["gpt2", "t5"])
+def test_streamed_chunks_concatenate_to_the_greedy_text(tiny, model):
+    rt = loaded(tiny[model])
+    chunks = _stream(rt, PROMPTS[:1], max_new_tokens=15)
+    assert len(chunks) > 3
+    assert "".join(chunks) == infer(rt, PROMPTS[:1], max_new_tokens=15)["text"][0]
+
+
+def test_streaming_honours_stop_strings_and_takes_one_prompt(tiny):
+    rt = loaded(tiny["gpt2"])
+    full = infer(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
+    stop = full.split()[4]
+    assert "".join(_stream(rt, PROMPTS[:1], max_new_tokens=20, stop=[stop])) == full[:full.find(stop)]
+    with pytest.raises(BadRequest, match="streaming takes one prompt per request, got 2"):
+        _stream(rt, PROMPTS, max_new_tokens=3)
+
+
+def test_metadata_and_v1_predict_for_the_new_tasks(tiny):
+    meta = {k: loaded(tiny[k]) for k in ("token", "mlm", "gpt2")}
+    assert [o.name for o in meta["token"].outputs] == ["entities"]
+    assert [(o.name, o.datatype) for o in meta["mlm"].outputs] == [("tokens", "BYTES"), ("scores", "FP32")]
+    assert [(i.name, o.name) for i, o in zip(meta["gpt2"].inputs, meta["gpt2"].outputs)] == [("prompt", "text")]
+    res = asyncio.run(meta["gpt2"]._v1_predict({"instances": [PROMPTS[0]]}))
+    assert res["predictions"] == [infer(meta["gpt2"], PROMPTS[:1])["text"][0]]
+    res = asyncio.run(meta["mlm"]._v1_predict({"instances": ["a [MASK] b"]}))
+    assert len(res["predictions"]) == 1
+
+
+def test_concurrent_fill_mask_and_token_requests_get_their_own_rows(tiny):
+    """Concurrent requests share one forward pass (the coalescer): each still gets exactly its own answer."""
+    mlm, tagger = loaded(tiny["mlm"]), loaded(tiny["token"])
+    jobs = [(mlm, ["a [MASK]"], {"top_k": 2}), (mlm, ["[MASK] and [MASK] too", "x [MASK] [MASK]"], {"top_k": 2}),
+            (mlm, ["the [MASK]"], {"top_k": 4}), (tagger, TEXTS[:2], {}), (tagger, TEXTS[2:], {})]
+
+    async def together():
+        return await asyncio.gather(*(rt.predict(request(t, **p)) for rt, t, p in jobs))
+
+    for (rt, texts, params), res in zip(jobs, asyncio.run(together())):
+        alone = infer(rt, texts, **params)
+        for o in res.outputs:
+            got = [v.decode() for v in o.data.root] if o.datatype == "BYTES" else o.data.root
+            want = alone[o.name].reshape(-1).tolist()
+            assert o.shape == list(alone[o.name].shape)
+            if o.name == "scores":
+                np.testing.assert_allclose(got, want, rtol=1e-4)
+            elif o.name == "entities":
+                assert [[e["word"] for e in json.loads(g)] for g in got] == \
+                       [[e["word"] for e in json.loads(w)] for w in want]
+            else:
+                assert got == want
+
+
+def test_a_failing_streamed_generation_ends_with_an_error_not_a_hang(tiny, monkeypatch):
+    from modelserve.errors import InternalError
+
+    rt = loaded(tiny["gpt2"])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(rt.model, "generate", broken)
+    with pytest.raises(InternalError, match="RuntimeError: out of memory"):
+        _stream(rt, PROMPTS[:1], max_new_tokens=3)
