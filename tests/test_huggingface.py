@@ -47,7 +47,7 @@ _loaded: dict = {}
 
 
 def loaded(uri, **extra) -> HuggingFaceRuntime:
-    key = (str(uri), tuple(sorted(extra.items())))
+    key = (str(uri), repr(sorted(extra.items())))
     if key not in _loaded:
         rt = runtime(uri, **extra)
         asyncio.run(rt.load())
@@ -358,3 +358,93 @@ def test_tokenizer_revision_reads_the_tokenizer_of_that_hub_revision(hf, tmp_pat
     other = infer(loaded("hf://acme/enc", tokenizer_revision="cased"), ["HELLO", "hello"])["embedding"]
     assert not np.allclose(other[0], other[1], atol=1e-3)  # the cased tokenizer of that revision was used
     assert "'nope'" in load_error("hf://acme/enc", tokenizer_revision="nope")
+
+
+# -- tensor_input_names: token tensors instead of text --------------------------------------------------------
+
+TENSORS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def tensor_request(tokenizer, texts, names=TENSORS, dtype="INT64", outputs=None) -> InferenceRequest:
+    """The tokenizer's own output for the texts (padded to one width), as V2 integer tensors."""
+    enc = tokenizer(texts, padding=True, return_tensors="np")
+    return InferenceRequest(
+        inputs=[RequestInput(name=n, shape=list(enc[n].shape), datatype=dtype, data=enc[n].reshape(-1).tolist())
+                for n in names],
+        outputs=[RequestOutput(name=o) for o in outputs] if outputs else None)
+
+
+def infer_request(rt, req) -> dict:
+    return {o.name: _array(o) for o in asyncio.run(rt.predict(req)).outputs}
+
+
+def test_tensor_inputs_give_what_the_same_texts_give(hf, tmp_path):
+    from .hf_models import build_masked_lm
+
+    emb_rt = loaded(minilm_dir(), tensor_input_names=TENSORS)
+    assert [i.name for i in emb_rt.inputs] == ["text"] + TENSORS
+    want = infer(emb_rt, TEXTS)["embedding"]
+    for dtype in ("INT64", "INT32"):
+        got = infer_request(emb_rt, tensor_request(emb_rt.tokenizer, TEXTS, dtype=dtype))["embedding"]
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    # attention_mask may be left out when the rows are not padded
+    got = infer_request(emb_rt, tensor_request(emb_rt.tokenizer, TEXTS[:1], names=["input_ids"]))["embedding"]
+    np.testing.assert_allclose(got, want[:1], atol=1e-5)
+
+    cls_rt = loaded(hf["classifier"], tensor_input_names=TENSORS[:2], return_probabilities=True)
+    got = infer_request(cls_rt, tensor_request(cls_rt.tokenizer, TEXTS, names=TENSORS[:2]))["probabilities"]
+    np.testing.assert_allclose(got, direct_classifier(hf["classifier"], TEXTS), atol=1e-5)
+    np.testing.assert_allclose(got, infer(cls_rt, TEXTS)["probabilities"], atol=1e-5)
+
+    mlm_rt = loaded(build_masked_lm(tmp_path / "mlm"), tensor_input_names=TENSORS[:2])
+    texts = ["Paris is the [MASK] of France.", "I like [MASK]."]
+    got = infer_request(mlm_rt, tensor_request(mlm_rt.tokenizer, texts, names=TENSORS[:2]))
+    want = infer(mlm_rt, texts)
+    assert got["tokens"].tolist() == want["tokens"].tolist()
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
+
+
+def test_tensor_inputs_are_refused_without_the_option(hf):
+    rt = loaded(hf["classifier"])
+    assert "takes text (datatype BYTES), got INT64" in bad_request(rt, tensor_request(rt.tokenizer, TEXTS[:2],
+                                                                                      names=["input_ids"]))
+
+
+def test_bad_tensor_requests_are_400_naming_the_problem(hf):
+    rt = loaded(hf["classifier"], tensor_input_names=TENSORS[:2])
+    tok = rt.tokenizer
+    msg = bad_request(rt, tensor_request(tok, TEXTS[:2]))  # token_type_ids is not in the option
+    assert "unexpected input(s) 'token_type_ids'" in msg and "input_ids, attention_mask" in msg
+    assert "no 'input_ids'" in bad_request(rt, tensor_request(tok, TEXTS[:2], names=["attention_mask"]))
+    ids = tensor_request(tok, TEXTS[:2], names=["input_ids"]).inputs[0]
+    short = tensor_request(tok, TEXTS[:1], names=["attention_mask"]).inputs[0]
+    msg = bad_request(rt, InferenceRequest(inputs=[ids, short]))
+    assert "'attention_mask' has shape" in msg and "the same shape" in msg
+    flat = RequestInput(name="input_ids", shape=[3], datatype="INT64", data=[101, 7592, 102])
+    assert "expected shape [n, seq]" in bad_request(rt, InferenceRequest(inputs=[flat]))
+    big = RequestInput(name="input_ids", shape=[1, 2], datatype="INT64", data=[101, 10 ** 6])
+    assert "token ids must lie in [0, 30522)" in bad_request(rt, InferenceRequest(inputs=[big]))
+    fp = RequestInput(name="input_ids", shape=[1, 2], datatype="FP32", data=[101.0, 102.0])
+    assert "INT64 or INT32, got FP32" in bad_request(rt, InferenceRequest(inputs=[fp]))
+    assert infer(rt, ["text still works"])["label"].shape == (1,)
+
+
+def test_token_classification_and_fill_mask_tensor_requests(tmp_path):
+    from .hf_models import build_masked_lm, build_token_classifier
+
+    rt = loaded(build_token_classifier(tmp_path / "tagger"), tensor_input_names=["input_ids"])
+    msg = bad_request(rt, tensor_request(rt.tokenizer, TEXTS[:1], names=["input_ids"]))
+    assert "token_classification needs text" in msg
+    rt = loaded(build_masked_lm(tmp_path / "mlm"), tensor_input_names=["input_ids"])
+    msg = bad_request(rt, tensor_request(rt.tokenizer, ["no mask"], names=["input_ids"]))
+    assert "row 0 has no mask token: put [MASK]" in msg
+
+
+def test_tensor_input_names_the_model_does_not_take_fail_the_load(hf, tmp_path):
+    from .hf_models import build_causal_lm
+
+    assert "forward() takes no 'pixel_values'" in load_error(hf["classifier"],
+                                                             tensor_input_names=["input_ids", "pixel_values"])
+    assert "must include 'input_ids'" in load_error(hf["classifier"], tensor_input_names=["attention_mask"])
+    assert "applies to the encoder tasks" in load_error(build_causal_lm(tmp_path / "gpt2"),
+                                                        tensor_input_names=["input_ids"])

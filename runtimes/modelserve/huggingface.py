@@ -20,11 +20,12 @@ from .engines import transformers as engine
 from .engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
 from .errors import BadRequest, InternalError, ModelLoadError, one_line
 from .options import Backend, Dtype, RuntimeOptions, Task
-from .runtime import MODEL_FILE_LOCK, Runtime
+from .runtime import MODEL_FILE_LOCK, Runtime, request_parameters
 
 logger = logging.getLogger("mlserver.modelserve.huggingface")
 
 IMPLEMENTED = tuple(Task)
+TENSOR_TASKS = (Task.TEXT_EMBEDDING, Task.SEQUENCE_CLASSIFICATION, Task.FILL_MASK)
 _OUTPUTS = {  # task -> (outputs offered, outputs answered by default)
     Task.TEXT_EMBEDDING: (("embedding",), ("embedding",)),
     Task.SEQUENCE_CLASSIFICATION: (("label", "score", "probabilities"), ("label", "score")),
@@ -69,12 +70,9 @@ class HuggingFaceOptions(RuntimeOptions):
     """Generation: new tokens when the request does not say (request parameter `max_new_tokens`)."""
     max_new_tokens_limit: int = Field(default=2048, ge=1)
     """Generation: the most new tokens a request may ask for (more is a 400)."""
-
-
-def _params(payload: InferenceRequest) -> Dict[str, Any]:
-    if payload.parameters is None:
-        return {}
-    return {k: v for k, v in payload.parameters.model_dump(exclude_none=True).items()}
+    tensor_input_names: Optional[List[str]] = Field(default=None, min_length=1)
+    """Encoder tasks: requests may send these INT64/INT32 [n, seq] tensors (e.g. input_ids, attention_mask)
+    instead of text; they go to the model's forward() as they are, without the tokenizer."""
 
 
 class HuggingFaceRuntime(Runtime):
@@ -172,11 +170,34 @@ class HuggingFaceRuntime(Runtime):
             id2label = getattr(config, "id2label", None) or {}
             self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
         self.arch = arch
+        self._check_tensor_inputs(task)
+
+    def _check_tensor_inputs(self, task: Task) -> None:
+        import inspect
+
+        names = self.options.tensor_input_names
+        if not names:
+            return
+        if task not in TENSOR_TASKS + (Task.TOKEN_CLASSIFICATION,):
+            raise ModelLoadError(self.name, f"option 'tensor_input_names' applies to the encoder tasks "
+                                            f"({', '.join(t.value for t in TENSOR_TASKS)}); this model's task is "
+                                            f"'{task.value}'")
+        if len(set(names)) != len(names):
+            raise ModelLoadError(self.name, f"option 'tensor_input_names' names a tensor twice: {names}")
+        takes = set(inspect.signature(self.model.forward).parameters)
+        unknown = [n for n in names if n not in takes]
+        if unknown:
+            raise ModelLoadError(self.name, f"option 'tensor_input_names': {self.arch}.forward() takes no "
+                                            f"{', '.join(repr(n) for n in unknown)}")
+        if "input_ids" not in names:
+            raise ModelLoadError(self.name, "option 'tensor_input_names' must include 'input_ids'")
 
     def _set_metadata(self) -> None:
         if not self.inputs:
             name = "prompt" if self.task in GENERATION_TASKS else "text"
             self.inputs = [MetadataTensor(name=name, datatype="BYTES", shape=[-1])]
+            self.inputs += [MetadataTensor(name=n, datatype="INT64", shape=[-1, -1])
+                            for n in self.options.tensor_input_names or ()]
         if not self.outputs:
             if self.task == Task.TEXT_EMBEDDING:
                 dim = int(getattr(self.model.config, "hidden_size", -1) or -1)
@@ -215,6 +236,52 @@ class HuggingFaceRuntime(Runtime):
         if empty:
             raise BadRequest(f"input '{inp.name}': text {empty[0]} is empty")
         return texts
+
+    def _is_tensor_request(self, payload: InferenceRequest) -> bool:
+        if not self.options.tensor_input_names or not payload.inputs:
+            return False
+        return any(str(getattr(i.datatype, "value", i.datatype)) != "BYTES" for i in payload.inputs)
+
+    def _tensor_rows(self, payload: InferenceRequest) -> List[Dict[str, List[int]]]:
+        """Rows of token ids sent as tensors (names from option tensor_input_names), for the model as they are."""
+        expected = list(self.options.tensor_input_names)
+        names = [i.name for i in payload.inputs]
+        unexpected = [n for n in names if n not in expected]
+        if unexpected:
+            raise BadRequest(f"unexpected input(s) {', '.join(repr(n) for n in unexpected)}: this model takes one "
+                             f"BYTES tensor of texts or the INT64/INT32 tensors {', '.join(expected)}")
+        if len(set(names)) != len(names):
+            raise BadRequest(f"input names repeat: {', '.join(names)}")
+        if self.task == Task.TOKEN_CLASSIFICATION:
+            raise BadRequest("token_classification needs text (it reports character offsets): send one BYTES "
+                             "tensor of texts")
+        if "input_ids" not in names:
+            raise BadRequest(f"the request has no 'input_ids' (got {', '.join(names)})")
+        arrays: Dict[str, np.ndarray] = {}
+        for inp in payload.inputs:
+            datatype = str(getattr(inp.datatype, "value", inp.datatype))
+            if datatype not in ("INT64", "INT32"):
+                raise BadRequest(f"input '{inp.name}': token tensors are INT64 or INT32, got {datatype}")
+            arr = decode_array(inp)
+            if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+                raise BadRequest(f"input '{inp.name}': expected shape [n, seq] with n, seq > 0, got "
+                                 f"{list(arr.shape)}")
+            arrays[inp.name] = arr.astype(np.int64)
+        shape = arrays["input_ids"].shape
+        other = [(n, a.shape) for n, a in arrays.items() if a.shape != shape]
+        if other:
+            raise BadRequest(f"input '{other[0][0]}' has shape {list(other[0][1])}; 'input_ids' has {list(shape)}: "
+                             "the tensors must have the same shape")
+        if shape[1] > self.model_limit:
+            raise BadRequest(f"input_ids rows are {shape[1]} tokens long; this model takes at most "
+                             f"{self.model_limit}")
+        ids, vocab = arrays["input_ids"], int(getattr(self.model.config, "vocab_size", 0) or 0)
+        if ids.min() < 0 or (vocab and ids.max() >= vocab):
+            raise BadRequest(f"input 'input_ids': token ids must lie in [0, {vocab}), got {int(ids.min())}.."
+                             f"{int(ids.max())}")
+        if "attention_mask" not in arrays:  # requests are merged and padded: the mask hides the padding
+            arrays["attention_mask"] = np.ones(shape, dtype=np.int64)
+        return [{n: a[i].tolist() for n, a in arrays.items()} for i in range(shape[0])]
 
     def _encode(self, texts: List[str], **extra) -> List[Dict[str, List[int]]]:
         opts: HuggingFaceOptions = self.options
@@ -272,6 +339,29 @@ class HuggingFaceRuntime(Runtime):
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         wanted = self._wanted(payload)
+        if self._is_tensor_request(payload):
+            result = await self._predict_tensors(payload)
+        else:
+            result = await self._predict_texts(payload)
+        if self.task == Task.SEQUENCE_CLASSIFICATION:
+            probs = result["probabilities"]
+            best = probs.argmax(axis=1)
+            result = {"probabilities": probs, "score": probs[np.arange(len(best)), best],
+                      "label": np.array([self.labels[i] for i in best], dtype=object)}
+        return InferenceResponse.model_construct(
+            model_name=self.name, model_version=self.version, id=payload.id,
+            outputs=[encode_array(w, result[w]) for w in wanted])
+
+    async def _predict_tensors(self, payload: InferenceRequest) -> Dict[str, np.ndarray]:
+        """Token tensors (option tensor_input_names) straight to the model: no tokenizer."""
+        rows = self._tensor_rows(payload)
+        if not self.options.disable_log_requests:
+            logger.info("model '%s' request %s: %d row(s) of token tensors", self.name, payload.id, len(rows))
+        if self.task == Task.FILL_MASK:
+            return await self._fill_mask(payload, None, rows)
+        return await self._coalescer(self.task, rows, len(rows))
+
+    async def _predict_texts(self, payload: InferenceRequest) -> Dict[str, np.ndarray]:
         texts = self._texts(payload)
         self._log(payload, texts)
         if self.task in GENERATION_TASKS:
@@ -283,14 +373,7 @@ class HuggingFaceRuntime(Runtime):
         else:
             rows = self._encode(texts)
             result = await self._coalescer(self.task, rows, len(rows))
-        if self.task == Task.SEQUENCE_CLASSIFICATION:
-            probs = result["probabilities"]
-            best = probs.argmax(axis=1)
-            result = {"probabilities": probs, "score": probs[np.arange(len(best)), best],
-                      "label": np.array([self.labels[i] for i in best], dtype=object)}
-        return InferenceResponse.model_construct(
-            model_name=self.name, model_version=self.version, id=payload.id,
-            outputs=[encode_array(w, result[w]) for w in wanted])
+        return result
 
     async def _token_classification(self, texts: List[str]) -> Dict[str, np.ndarray]:
         full = self._encode(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
@@ -300,20 +383,26 @@ class HuggingFaceRuntime(Runtime):
                     for i, (row, (offsets, special)) in enumerate(zip(full, side))]
         return {"entities": np.array([json.dumps(e) for e in entities], dtype=object)}
 
-    async def _fill_mask(self, payload: InferenceRequest, texts: List[str]) -> Dict[str, np.ndarray]:
-        params = _params(payload)
+    async def _fill_mask(self, payload: InferenceRequest, texts: Optional[List[str]],
+                         rows: Optional[List[Dict[str, List[int]]]] = None) -> Dict[str, np.ndarray]:
+        params = request_parameters(payload)
         unknown = [k for k in params if k not in ("top_k", "content_type", "headers")]
         if unknown:
             raise BadRequest(f"unknown parameter '{unknown[0]}': fill_mask takes top_k")
         top_k = engine.number("top_k", params.get("top_k", 5), int, 1, len(self.tokenizer))
         mask = self.tokenizer.mask_token
-        counts = [t.count(mask) for t in texts]
+        if rows is not None:
+            counts = [r["input_ids"].count(self.tokenizer.mask_token_id) for r in rows]
+        else:
+            counts = [t.count(mask) for t in texts]
+        what = "text" if rows is None else "row"
         missing = [i for i, c in enumerate(counts) if c == 0]
         if missing:
-            raise BadRequest(f"text {missing[0]} has no mask token: put {mask} where a word should be filled in")
+            raise BadRequest(f"{what} {missing[0]} has no mask token: put {mask} where a word should be filled in")
         if len(set(counts)) > 1:
-            raise BadRequest(f"every text must hold the same number of {mask} tokens, got {counts}")
-        rows = self._encode(texts)
+            raise BadRequest(f"every {what} must hold the same number of {mask} tokens, got {counts}")
+        if rows is None:
+            rows = self._encode(texts)
         cut = [i for i, r in enumerate(rows) if r["input_ids"].count(self.tokenizer.mask_token_id) != counts[i]]
         if cut:
             raise BadRequest(f"text {cut[0]}: a {mask} token was cut off by option max_length")
@@ -328,7 +417,7 @@ class HuggingFaceRuntime(Runtime):
     # -- generation --------------------------------------------------------------------------------
     def _generation_args(self, payload: InferenceRequest):
         opts: HuggingFaceOptions = self.options
-        return engine.generation_kwargs(_params(payload), min(opts.max_new_tokens, opts.max_new_tokens_limit),
+        return engine.generation_kwargs(request_parameters(payload), min(opts.max_new_tokens, opts.max_new_tokens_limit),
                                         opts.max_new_tokens_limit)
 
     async def _generate(self, payload: InferenceRequest, prompts: List[str]) -> List[str]:

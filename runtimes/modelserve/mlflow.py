@@ -16,7 +16,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from . import storage
 from .errors import BadRequest, ModelLoadError, one_line
 from .options import RuntimeOptions, parse_options
-from .runtime import MODEL_FILE_LOCK, Runtime
+from .runtime import MODEL_FILE_LOCK, Runtime, request_parameters
 
 logger = logging.getLogger("mlserver.modelserve.mlflow")
 
@@ -90,7 +90,7 @@ class MLflowRuntime(Runtime):
     # -- V2 ----------------------------------------------------------------------------------------
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         data = self.codec.decode(payload)
-        params = self.codec.decode_params(_request_params(payload))
+        params = self.codec.decode_params(request_parameters(payload))
         outputs = self.codec.encode(await self._call(data, params))
         if payload.outputs:
             by_name = {o.name: o for o in outputs}
@@ -171,14 +171,6 @@ def _load_pyfunc(name: str, path: Path):
         raise ModelLoadError(name, f"{path / 'MLmodel'} is not valid YAML: {problem}{where}") from None
     with MODEL_FILE_LOCK:
         return mlflow.pyfunc.load_model(str(path))
-
-
-def _request_params(payload: InferenceRequest) -> Dict[str, Any]:
-    """The request's own parameters (pydantic extras), without MLServer's content_type and headers."""
-    params = payload.parameters
-    if params is None:
-        return {}
-    return dict(params.model_extra or {})
 
 
 def _mlflow_reason(exc: Exception) -> str:

@@ -39,6 +39,16 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
+def request_parameters(payload: InferenceRequest) -> dict:
+    """The request's own ``parameters`` (pydantic extras), without MLServer's content_type and headers.
+
+    Values are kept as sent, None included: a float sent over MLServer's gRPC arrives as None, and a
+    runtime must say so rather than silently ignore it.
+    """
+    params = payload.parameters
+    return dict(params.model_extra or {}) if params is not None else {}
+
+
 def _freeze_heap() -> None:
     """Moves everything alive after a load out of the garbage collector's sight.
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from ..harness import Server, write_model
+from ..harness import Server, grpc, write_model
 from ..hf_models import build_causal_lm, build_seq2seq
 
 pytest.importorskip("transformers")
@@ -146,3 +146,18 @@ def test_grpc_stream_infer_sends_chunks_and_rejects_bad_parameters(gen_server):
             list(stub.ModelStreamInfer(iter([req])))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown generation parameter 'beams'" in err.value.details()
+
+
+def test_float_parameters_over_grpc_travel_as_text_and_are_never_silently_dropped(gen_server):
+    """MLServer's gRPC parameters have no float: tritonclient's 0.7 arrives as None, "0.7" as text."""
+    import numpy as np
+
+    prompt = [("prompt", np.array(["hello there"], dtype=object), "BYTES")]
+    err = grpc(gen_server, "infer", "gpt2", prompt, {"temperature": 0.7, "max_new_tokens": 4})["error"]
+    assert err["status"] == "StatusCode.INVALID_ARGUMENT"
+    assert "parameter 'temperature' has no value" in err["message"]
+    as_text = grpc(gen_server, "infer", "gpt2", prompt, {"temperature": "0.7", "seed": 3, "max_new_tokens": 6})
+    again = grpc(gen_server, "infer", "gpt2", prompt, {"temperature": "0.7", "seed": 3, "max_new_tokens": 6})
+    assert as_text["outputs"]["text"]["data"] == again["outputs"]["text"]["data"]  # seeded sampling, used
+    over_http = generated(gen_server, "gpt2", ["hello there"], temperature=0.7, seed=3, max_new_tokens=6)
+    assert as_text["outputs"]["text"]["data"] == over_http

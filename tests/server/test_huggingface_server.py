@@ -261,3 +261,29 @@ def test_fill_mask_text_without_mask_is_400_naming_the_mask_token(hf_server):
     assert "text 1 has no mask token: put [MASK]" in r.json()["error"] and "Traceback" not in r.text
     r = hf_server.infer("mlm", {**text_body(["a [MASK]"]), "parameters": {"top_k": 0}})
     assert r.status_code == 400 and "parameter 'top_k' is 0" in r.json()["error"]
+
+
+# -- tensor_input_names -----------------------------------------------------------------------------------------
+
+def test_http_token_tensors_with_tensor_input_names(hf_server, st_minilm):
+    from transformers import AutoTokenizer
+
+    names = ["input_ids", "attention_mask"]
+    write_model(hf_server.root, "minilm-tensors", {"implementation": HF, "parameters": {
+        "uri": str(minilm_dir()), "extra": {"tensor_input_names": names}}})
+    r = hf_server.load("minilm-tensors")
+    assert r.status_code == 200, r.text
+    enc = AutoTokenizer.from_pretrained(minilm_dir())(TEXTS, padding=True, return_tensors="np")
+    body = {"inputs": [{"name": n, "shape": list(enc[n].shape), "datatype": "INT64",
+                        "data": enc[n].reshape(-1).tolist()} for n in names]}
+    r = hf_server.infer("minilm-tensors", body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(out(r.json(), "embedding"), st_minilm.encode(TEXTS), atol=1e-4)
+    body["inputs"].append({"name": "token_type_ids", "shape": list(enc["token_type_ids"].shape),
+                           "datatype": "INT64", "data": enc["token_type_ids"].reshape(-1).tolist()})
+    r = hf_server.infer("minilm-tensors", body)
+    assert r.status_code == 400, r.text
+    assert "unexpected input(s) 'token_type_ids'" in r.json()["error"] and "input_ids, attention_mask" in r.text
+    assert hf_server.infer("minilm-tensors", text_body(TEXTS[:1])).status_code == 200  # text still works
+    md = requests.get(f"{hf_server.url}/v2/models/minilm-tensors", timeout=10).json()
+    assert [i["name"] for i in md["inputs"]] == ["text", *names]

@@ -166,6 +166,11 @@ _PASSED_BY_MLSERVER = ("content_type", "headers")  # MLServer fills these in on 
 
 
 def number(name, value, kind, low=None, high=None, low_open=False):
+    if isinstance(value, str):  # MLServer's gRPC parameters carry no floats: "0.7" is how they travel
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is int:
         ok = ok and float(value).is_integer()
@@ -187,6 +192,9 @@ def generation_kwargs(params: Dict[str, Any], default_max: int,
     unknown = [k for k in params if k not in GENERATION_PARAMS and k not in _PASSED_BY_MLSERVER]
     if unknown:
         raise BadRequest(f"unknown generation parameter '{unknown[0]}' (allowed: {', '.join(GENERATION_PARAMS)})")
+    empty = [k for k in GENERATION_PARAMS if k in params and params[k] is None and k != "stop"]
+    if empty:  # what a float sent over MLServer's gRPC becomes
+        raise BadRequest(f"parameter '{empty[0]}' has no value (over gRPC, send a float as a string, e.g. \"0.7\")")
     kw: Dict[str, Any] = {"max_new_tokens": default_max}
     if params.get("max_new_tokens") is not None:
         kw["max_new_tokens"] = number("max_new_tokens", params["max_new_tokens"], int, 1, cap)
