@@ -1,6 +1,8 @@
 """Error types that carry an HTTP status, so every failure reaches the user as one clear line."""
 
-from fastapi import status
+from __future__ import annotations
+
+from fastapi import HTTPException, status
 from mlserver.errors import MLServerError
 
 
@@ -38,3 +40,23 @@ def one_line(exc: BaseException) -> str:
     msg = text[0] if text else ""
     name = type(exc).__name__
     return f"{name}: {msg}" if msg else name
+
+
+class Unavailable(HTTPException, MLServerError):
+    """503 with ``Retry-After``: the model's engine is (re)starting or has failed.
+
+    FastAPI's HTTPException comes first in the method order, so the response carries the
+    ``Retry-After`` header (as ``{"detail": ...}``); ``status_code`` stays for MLServer's gRPC side.
+    """
+
+    def __init__(self, msg: str, retry_after: int | None = None):
+        headers = {"Retry-After": str(max(1, int(retry_after)))} if retry_after is not None else None
+        HTTPException.__init__(self, status.HTTP_503_SERVICE_UNAVAILABLE, detail=msg, headers=headers)
+        self.args = (msg,)
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return str(self.detail)
+
+    def __reduce__(self):
+        return (type(self), (str(self.detail), self.retry_after))

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from . import storage
 from .batching import Coalescer, ModelThread
-from .codecs import decode_array, encode_array
+from .codecs import decode_array, encode_array, text_rows
 from .engines import transformers as engine
 from .engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
 from .errors import BadRequest, InternalError, ModelLoadError, one_line
@@ -220,22 +220,7 @@ class HuggingFaceRuntime(Runtime):
         if len(payload.inputs) > 1:
             names = ", ".join(i.name for i in payload.inputs)
             raise BadRequest(f"this model takes one input tensor of texts, got {len(payload.inputs)} ({names})")
-        inp = payload.inputs[0]
-        datatype = str(getattr(inp.datatype, "value", inp.datatype))
-        if datatype != "BYTES":
-            raise BadRequest(f"input '{inp.name}': this model takes text (datatype BYTES), got {datatype}")
-        arr = decode_array(inp)
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        if arr.ndim != 1:
-            raise BadRequest(f"input '{inp.name}': expected shape [n] (one text per row), got {list(arr.shape)}")
-        if arr.shape[0] == 0:
-            raise BadRequest(f"input '{inp.name}': empty batch (shape {list(arr.shape)})")
-        texts = arr.tolist()
-        empty = [i for i, t in enumerate(texts) if not t.strip()]
-        if empty:
-            raise BadRequest(f"input '{inp.name}': text {empty[0]} is empty")
-        return texts
+        return text_rows(payload.inputs[0])
 
     def _is_tensor_request(self, payload: InferenceRequest) -> bool:
         if not self.options.tensor_input_names or not payload.inputs:

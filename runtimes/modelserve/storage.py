@@ -57,13 +57,39 @@ def resolve(
     A folder holding one of the ``wellknown`` file names resolves to that file, as MLServer's own
     ``get_model_uri`` does; otherwise the folder itself is returned.
     """
-    name = settings.name
     uri = ((settings.parameters.uri if settings.parameters else None) or "").strip()
     if not uri:
-        raise ModelLoadError(name, f"parameters.uri is not set: point it at the model ({SUPPORTED})")
-    scheme, rest = split_uri(uri)
+        raise ModelLoadError(settings.name, f"parameters.uri is not set: point it at the model ({SUPPORTED})")
+    path = resolve_uri(settings, uri, cache_dir=cache_dir, pvc_root=pvc_root)
+    if path.is_dir():
+        for fname in wellknown:
+            if (path / fname).is_file():
+                return path / fname
+    return path
+
+
+_FORMS = {"": "a local path", "file": "file://", "s3": "s3://bucket/key", "pvc": "pvc://claim/path",
+          "hf": "hf://org/name[@revision]", "store": "store://path"}
+
+
+def resolve_uri(
+    settings: ModelSettings,
+    uri: str,
+    *,
+    cache_dir: Optional[str] = None,
+    pvc_root: Optional[str] = None,
+    store_root: Optional[str] = None,
+    schemes: Iterable[str] = ("", "file", "pvc", "s3", "hf"),
+) -> Path:
+    """The local path of one URI; a relative path is taken from the model-settings.json folder."""
+    name = settings.name
+    scheme, rest = split_uri(uri.strip())
+    allowed = tuple(schemes)
+    if scheme not in allowed:
+        listed = ", ".join(_FORMS.get(s, f"{s}://") for s in allowed)
+        raise ModelLoadError(name, f"unsupported URI scheme '{scheme}://' in '{uri}': use {listed}")
     if scheme == "":
-        path = Path(to_absolute_path(settings, uri))
+        path = Path(to_absolute_path(settings, rest))
     elif scheme == "file":
         if rest.startswith("localhost/"):
             rest = rest[len("localhost"):]
@@ -72,20 +98,36 @@ def resolve(
         path = Path(to_absolute_path(settings, rest))
     elif scheme == "pvc":
         path = _pvc_path(name, uri, rest, pvc_root)
+    elif scheme == "store":
+        path = _store_path(name, uri, rest, store_root)
     elif scheme == "s3":
         bucket, _, key = rest.partition("/")
         path = S3Download(name, bucket, key.lstrip("/"), cache_dir).fetch()
-    elif scheme == "hf":
+    else:  # hf
         repo_id, revision = parse_hf(name, uri)
         path = hf_snapshot(name, repo_id, revision)
-    else:
-        raise ModelLoadError(name, f"unsupported URI scheme '{scheme}://' in '{uri}': use {SUPPORTED}")
     if not path.exists():
         raise ModelLoadError(name, f"model path not found: {path} (from uri '{uri}')")
-    if path.is_dir():
-        for fname in wellknown:
-            if (path / fname).is_file():
-                return path / fname
+    return path
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or str(path).startswith(str(root) + os.sep)
+
+
+def _store_path(model: str, uri: str, rest: str, store_root: Optional[str]) -> Path:
+    """``store://project/path``: an artifact store mounted as a folder (digitalhub's store:// pattern)."""
+    root_value = store_root or os.environ.get("MODELSERVE_STORE_ROOT")
+    if not root_value:
+        raise ModelLoadError(
+            model, f"'{uri}' needs a store root: set the option store_root or MODELSERVE_STORE_ROOT "
+            "to the folder where the store is mounted")
+    root = Path(os.path.abspath(root_value))
+    path = Path(os.path.normpath(root / rest.strip("/")))
+    if path == root or not _inside(root, path):
+        raise ModelLoadError(model, f"'{uri}' points outside the store root {root}")
+    if not path.exists():
+        raise ModelLoadError(model, f"model path not found: {path} (from uri '{uri}' under store root {root})")
     return path
 
 

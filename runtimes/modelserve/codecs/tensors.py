@@ -130,3 +130,23 @@ def encode_array(name: str, arr: Any, datatype: Optional[str] = None) -> Respons
         parameters=Parameters.model_construct(content_type=content_type),
         data=TensorData.model_construct(root=values),
     )
+
+
+def text_rows(inp: RequestInput, what: str = "text", allow_empty: bool = False) -> List[str]:
+    """A BYTES tensor of shape [n] (or [n, 1]) as n strings; an empty batch, or an empty string unless
+    ``allow_empty``, is a 400 naming the row."""
+    datatype = str(getattr(inp.datatype, "value", inp.datatype))
+    if datatype != "BYTES":
+        raise BadRequest(f"input '{inp.name}': this model takes {what} (datatype BYTES), got {datatype}")
+    arr = decode_array(inp)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise BadRequest(f"input '{inp.name}': expected shape [n] (one {what} per row), got {list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise BadRequest(f"input '{inp.name}': empty batch (shape {list(arr.shape)})")
+    rows = arr.tolist()
+    empty = [i for i, t in enumerate(rows) if not t.strip()]
+    if empty and not allow_empty:
+        raise BadRequest(f"input '{inp.name}': {what} {empty[0]} is empty")
+    return rows

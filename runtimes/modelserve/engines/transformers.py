@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..codecs.params import check_names, number  # noqa: F401 - number is used by huggingface.py too
 from ..errors import BadRequest
 from ..options import Dtype, Task
 
@@ -162,25 +163,6 @@ def fill_mask_call(torch, model, batch, mask_id: int, top_k: int) -> Dict[str, n
 
 # -- generation ------------------------------------------------------------------------------------------
 GENERATION_PARAMS = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "seed", "stop")
-_PASSED_BY_MLSERVER = ("content_type", "headers")  # MLServer fills these in on every request
-
-
-def number(name, value, kind, low=None, high=None, low_open=False):
-    if isinstance(value, str):  # MLServer's gRPC parameters carry no floats: "0.7" is how they travel
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok:
-        raise BadRequest(f"parameter '{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    value = kind(value)
-    if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-        rng = f"{'(' if low_open else '['}{low}, {high if high is not None else '∞'}]"
-        raise BadRequest(f"parameter '{name}' is {value}; allowed range {rng}")
-    return value
 
 
 def generation_kwargs(params: Dict[str, Any], default_max: int,
@@ -189,12 +171,7 @@ def generation_kwargs(params: Dict[str, Any], default_max: int,
 
     do_sample defaults to true when temperature, top_p or top_k is given (else greedy); temperature 0 is greedy.
     """
-    unknown = [k for k in params if k not in GENERATION_PARAMS and k not in _PASSED_BY_MLSERVER]
-    if unknown:
-        raise BadRequest(f"unknown generation parameter '{unknown[0]}' (allowed: {', '.join(GENERATION_PARAMS)})")
-    empty = [k for k in GENERATION_PARAMS if k in params and params[k] is None and k != "stop"]
-    if empty:  # what a float sent over MLServer's gRPC becomes
-        raise BadRequest(f"parameter '{empty[0]}' has no value (over gRPC, send a float as a string, e.g. \"0.7\")")
+    check_names(params, GENERATION_PARAMS)
     kw: Dict[str, Any] = {"max_new_tokens": default_max}
     if params.get("max_new_tokens") is not None:
         kw["max_new_tokens"] = number("max_new_tokens", params["max_new_tokens"], int, 1, cap)

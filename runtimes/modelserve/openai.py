@@ -1,0 +1,162 @@
+"""OpenAI-compatible routes on MLServer's HTTP port: /v1/models, /v1/completions, /v1/chat/completions,
+/v1/embeddings.
+
+Every model that can answer them adds the same routes (MLServer custom handlers, one set per model, so
+unloading one model leaves the others' in place); whichever route FastAPI picks looks the request's
+``model`` up in this process's registry of served models and adapters. Models answering these routes
+therefore share one process: run them with ``parallel_workers: 0`` (the kubeai example does).
+Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, which the official
+client turns into its typed exceptions; a 503 carries ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, AsyncIterator, Dict, List, Optional, Protocol, Tuple
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from mlserver.errors import MLServerError
+from mlserver.handlers.custom import CustomHandler, register_custom_handler
+
+from .errors import Unavailable, one_line
+
+logger = logging.getLogger("mlserver.modelserve.openai")
+
+ROUTES = (
+    ("/v1/models", "GET", "openai_models_route", "models"),
+    ("/v1/completions", "POST", "openai_completions_route", "completions"),
+    ("/v1/chat/completions", "POST", "openai_chat_route", "chat"),
+    ("/v1/embeddings", "POST", "openai_embeddings_route", "embeddings"),
+)
+
+
+class OpenAIServed(Protocol):
+    """What a runtime implements to answer the routes; ``model_id`` is its name or one of its adapters."""
+
+    name: str
+
+    def openai_ids(self) -> List[str]: ...
+
+    def openai_supports(self, kind: str) -> bool: ...
+
+    async def openai_call(self, kind: str, body: dict, model_id: str) -> Any:
+        """A JSON-able dict, or an async iterator of SSE bytes when ``body["stream"]`` is true."""
+
+
+REGISTRY: Dict[str, OpenAIServed] = {}
+_CREATED = int(time.time())
+
+
+def register(model: OpenAIServed) -> None:
+    REGISTRY[model.name] = model
+
+
+def unregister(model: OpenAIServed) -> None:
+    if REGISTRY.get(model.name) is model:
+        del REGISTRY[model.name]
+
+
+def lookup(model_id: Any) -> Tuple[OpenAIServed, str]:
+    if not isinstance(model_id, str) or not model_id:
+        raise OpenAIError("'model' is required: the name of a served model or adapter", 400, param="model")
+    for served in list(REGISTRY.values()):
+        if model_id in served.openai_ids():
+            return served, model_id
+    known = sorted(i for s in list(REGISTRY.values()) for i in s.openai_ids())
+    raise OpenAIError(f"model '{model_id}' not found; this server's OpenAI routes serve: {', '.join(known) or 'none'}",
+                      404, param="model", type_="NotFoundError")
+
+
+class OpenAIError(Exception):
+    def __init__(self, message: str, status: int = 400, param: Optional[str] = None, type_: Optional[str] = None,
+                 headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.param, self.headers = status, param, headers
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.status}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _as_openai_error(exc: BaseException) -> OpenAIError:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, Unavailable):
+        return OpenAIError(str(exc), 503, type_="service_unavailable", headers=exc.headers)
+    if isinstance(exc, MLServerError):
+        return OpenAIError(str(exc), int(getattr(exc, "status_code", 500) or 500))
+    logger.exception("OpenAI route failed")
+    return OpenAIError(f"internal error: {one_line(exc)}", 500)
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+async def handle(kind: str, raw: bytes) -> Any:
+    try:
+        if kind == "models":
+            data = [{"id": i, "object": "model", "created": _CREATED, "owned_by": "modelserve",
+                     **({"parent": s.name} if i != s.name else {})}
+                    for s in list(REGISTRY.values()) for i in s.openai_ids()]
+            return JSONResponse({"object": "list", "data": data})
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError as exc:
+            raise OpenAIError(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise OpenAIError("the body must be a JSON object")
+        served, model_id = lookup(body.get("model"))
+        if not served.openai_supports(kind):
+            raise OpenAIError(f"model '{model_id}' does not serve /v1/{'chat/completions' if kind == 'chat' else kind}",
+                              400, param="model")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise OpenAIError(f"'stream' must be true or false, got {stream!r}", param="stream")
+        result = await served.openai_call(kind, body, model_id)
+        if stream and kind != "embeddings":
+            return StreamingResponse(_guarded(result), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(result)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
+        return _as_openai_error(exc).response()
+
+
+async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Once streaming has begun the status is sent: a failure becomes a final error event."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except Exception as exc:  # noqa: BLE001
+        err = _as_openai_error(exc)
+        yield f"data: {json.dumps({'error': {'message': str(err), 'type': err.type, 'code': err.status}})}\n\n".encode()
+
+
+def add_routes(model: Any) -> None:
+    """Adds the routes to ``model`` as instance-attribute custom handlers (see Runtime._add_route)."""
+    for path, method, attr, kind in ROUTES:
+        handler = _bind(handle, kind, get=method == "GET")
+        handler.__name__ = attr
+        register_custom_handler(CustomHandler(rest_path=path, rest_method=method), handler)
+        setattr(model, attr, handler)
+
+
+def _bind(fn, kind: str, get: bool):
+    if get:
+        async def handler() -> Any:
+            return await fn(kind, b"")
+    else:
+        async def handler(body: bytes = Depends(_raw_body)) -> Any:  # type: ignore[misc]
+            return await fn(kind, body)
+    return handler
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
