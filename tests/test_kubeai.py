@@ -14,7 +14,8 @@ from modelserve.codecs.params import sampling_body
 from modelserve.engines.vllm import launch, serve_args
 from modelserve.engines.workdir import write_files
 from modelserve.errors import BadRequest, ModelLoadError
-from modelserve.kubeai import KubeAIRuntime, parse_messages
+from modelserve.kubeai import KubeAIRuntime
+from modelserve.llm import parse_messages
 
 
 def load_error(tmp_path: Path, uri=None, **extra) -> str:

@@ -4,24 +4,19 @@ supervised engine process, on V2 (infer, generate, streams) and the OpenAI route
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import AsyncIterator, Dict, List, Optional
 
-import numpy as np
-from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
+from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import openai, storage
-from .codecs import encode_array, text_rows
-from .codecs.params import number, sampling_body
-from .engines.openai_http import sse_events
 from .engines.workdir import workdir, write_files
-from .errors import BadRequest, InternalError, ModelLoadError, one_line
+from .errors import ModelLoadError
+from .llm import EngineLLM
 from .options import Engine, Feature, RuntimeOptions
-from .runtime import Runtime, request_parameters
+from .runtime import Runtime
 
 logger = logging.getLogger("mlserver.modelserve.kubeai")
 
@@ -116,7 +111,7 @@ class KubeAIOptions(RuntimeOptions):
         return self
 
 
-class KubeAIRuntime(Runtime):
+class KubeAIRuntime(EngineLLM, Runtime):
     """One engine process per model. Load it with ``parallel_workers: 0`` in model-settings.json so that
     the engine starts once (not once per MLServer worker) and streams reach the client."""
 
@@ -152,6 +147,8 @@ class KubeAIRuntime(Runtime):
         model_path = await self._resolve(self._model_url(), "url") if opts.engine_url is None else None
         adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
         self.adapters = list(adapters)
+        self.embedding = Feature.TEXT_EMBEDDING in self.features
+        self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
 
         from .engines.vllm import VLLMEngine
 
@@ -161,8 +158,18 @@ class KubeAIRuntime(Runtime):
             engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
             on_failed=self._engine_failed)
         await self.engine.start()
-        self._set_metadata()
+        self._engine_metadata()
         openai.register(self)
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        return await self._engine_predict(payload)
+
+    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
+        async for response in self._engine_stream(await payloads.__anext__()):
+            yield response
+
+    async def openai_call(self, kind: str, body: dict, model_id: str):
+        return await self._engine_openai_call(kind, body, model_id)
 
     def _model_url(self) -> str:
         url = self.options.url or (self.settings.parameters.uri if self.settings.parameters else None)
@@ -189,143 +196,11 @@ class KubeAIRuntime(Runtime):
         self.ready = False
         logger.error("model '%s' is no longer ready: %s", self.name, reason)
 
-    def _set_metadata(self) -> None:
-        if Feature.TEXT_EMBEDDING in self.features:
-            self.inputs = self.inputs or [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
-            self.outputs = self.outputs or [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, -1])]
-        else:
-            self.inputs = self.inputs or [MetadataTensor(name="prompt", datatype="BYTES", shape=[-1]),
-                                          MetadataTensor(name="messages", datatype="BYTES", shape=[-1])]
-            self.outputs = self.outputs or [MetadataTensor(name="text", datatype="BYTES", shape=[-1]),
-                                            MetadataTensor(name="finish_reason", datatype="BYTES", shape=[-1])]
-
     async def unload(self) -> bool:
         openai.unregister(self)
         if self.engine is not None:
             await self.engine.stop()
         return True
-
-    # -- V2 ----------------------------------------------------------------------------------------
-    def _rows(self, payload: InferenceRequest) -> tuple[str, list]:
-        if not payload.inputs:
-            raise BadRequest("the request has no inputs: send a BYTES tensor 'prompt' (or 'messages' with JSON chats)")
-        if len(payload.inputs) > 1:
-            names = ", ".join(i.name for i in payload.inputs)
-            raise BadRequest(f"send one input tensor, got {len(payload.inputs)} ({names})")
-        inp = payload.inputs[0]
-        embedding = Feature.TEXT_EMBEDDING in self.features
-        allowed = ("text", "input") if embedding else ("prompt", "text", "messages")
-        if inp.name not in allowed:
-            raise BadRequest(f"unknown input '{inp.name}' (this model takes: {', '.join(allowed)})")
-        if inp.name == "messages":
-            return "messages", [parse_messages(i, r) for i, r in enumerate(text_rows(inp, "chat", allow_empty=True))]
-        return inp.name, text_rows(inp)
-
-    def _model_id(self, params: Dict[str, Any]) -> str:
-        adapter = params.pop("adapter", None)
-        if adapter is None:
-            return self.name
-        if adapter not in self.adapters:
-            raise BadRequest(f"unknown adapter {adapter!r} (this model has: {', '.join(self.adapters) or 'none'})",
-                             404 if isinstance(adapter, str) else 400)
-        return adapter
-
-    def _wanted(self, payload: InferenceRequest) -> List[str]:
-        names = [o.name for o in payload.outputs or []]
-        offered = [o.name for o in self.outputs or []]
-        unknown = [n for n in names if n not in offered]
-        if unknown:
-            raise BadRequest(f"unknown output '{unknown[0]}' (this model offers: {', '.join(offered)})")
-        return names or offered[:1]
-
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        kind, rows = self._rows(payload)
-        wanted = self._wanted(payload)
-        params = request_parameters(payload)
-        if Feature.TEXT_EMBEDDING in self.features:
-            model_id = self._model_id(params)
-            leftover = [k for k in params if k not in ("content_type", "headers")]
-            if leftover:
-                raise BadRequest(f"unknown parameter '{leftover[0]}' for embeddings (allowed: adapter)")
-            result = await self.engine.upstream.post("/v1/embeddings", {"model": model_id, "input": rows})
-            vectors = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])],
-                               dtype=np.float32)
-            return self._response(payload, {"embedding": vectors}, wanted)
-        model_id = self._model_id(params)
-        body = sampling_body(params, min(self.options.max_tokens, self.options.max_tokens_limit),
-                             self.options.max_tokens_limit)
-        if kind == "messages":
-            results = await asyncio.gather(*[self.engine.upstream.post(
-                "/v1/chat/completions", {**body, "model": model_id, "messages": m}) for m in rows])
-            choices = [r["choices"][0] for r in results]
-            texts = [c["message"].get("content") or "" for c in choices]
-        else:
-            result = await self.engine.upstream.post("/v1/completions", {**body, "model": model_id, "prompt": rows})
-            choices = sorted(result["choices"], key=lambda c: c["index"])
-            texts = [c["text"] for c in choices]
-        outputs = {"text": np.array(texts, dtype=object),
-                   "finish_reason": np.array([c.get("finish_reason") or "" for c in choices], dtype=object)}
-        return self._response(payload, outputs, wanted)
-
-    def _response(self, payload: InferenceRequest, outputs: Dict[str, np.ndarray], wanted: List[str]) -> InferenceResponse:
-        return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id,
-                                 outputs=[encode_array(n, outputs[n]) for n in wanted])
-
-    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
-        """Tokens as the engine produces them (REST generate_stream/infer_stream as SSE, gRPC ModelStreamInfer)."""
-        payload = await payloads.__anext__()
-        try:
-            if Feature.TEXT_EMBEDDING in self.features:
-                yield await self._predict(payload)
-                return
-            kind, rows = self._rows(payload)
-            wanted = self._wanted(payload)
-            if len(rows) != 1:
-                raise BadRequest(f"streaming takes one prompt per request, got {len(rows)}")
-            params = request_parameters(payload)
-            model_id = self._model_id(params)
-            body = sampling_body(params, min(self.options.max_tokens, self.options.max_tokens_limit),
-                                 self.options.max_tokens_limit)
-            body.update(model=model_id, stream=True)
-            if kind == "messages":
-                chunks = await self.engine.upstream.stream("/v1/chat/completions", {**body, "messages": rows[0]})
-            else:
-                chunks = await self.engine.upstream.stream("/v1/completions", {**body, "prompt": rows[0]})
-            async for event in sse_events(chunks):
-                if "error" in event:
-                    raise InternalError(f"model '{self.name}': engine stream failed: {event['error'].get('message')}")
-                for choice in event.get("choices", []):
-                    delta = choice.get("text") if kind != "messages" else (choice.get("delta") or {}).get("content")
-                    finish = choice.get("finish_reason") or ""
-                    if not delta and not finish:
-                        continue
-                    outputs = {"text": np.array([delta or ""], dtype=object),
-                               "finish_reason": np.array([finish], dtype=object)}
-                    yield InferenceResponse.model_construct(
-                        model_name=self.name, model_version=self.version, id=payload.id,
-                        outputs=[encode_array(n, outputs[n]) for n in wanted])
-        except MLServerError:
-            raise
-        except Exception as exc:
-            logger.exception("model '%s' failed on a streamed request", self.name)
-            raise InternalError(f"model '{self.name}' failed: {one_line(exc)}") from None
-
-    # -- OpenAI routes -----------------------------------------------------------------------------
-    def openai_ids(self) -> List[str]:
-        return [self.name, *getattr(self, "adapters", [])] if self.engine is not None else []
-
-    def openai_supports(self, kind: str) -> bool:
-        if kind == "embeddings":
-            return Feature.TEXT_EMBEDDING in self.features
-        return Feature.TEXT_GENERATION in self.features
-
-    async def openai_call(self, kind: str, body: dict, model_id: str) -> Any:
-        path = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}[kind]
-        if kind != "embeddings":
-            check_openai_body(kind, body, self.options.max_tokens_limit)
-        if body.get("stream") and kind != "embeddings":
-            return await self.engine.upstream.stream(path, body)
-        return await self.engine.upstream.post(path, body)
 
 
 def multiprocessing_worker() -> bool:
@@ -333,45 +208,4 @@ def multiprocessing_worker() -> bool:
 
     return multiprocessing.parent_process() is not None
 
-
-def parse_messages(row: int, text: str) -> List[dict]:
-    """One row of the V2 ``messages`` input: a JSON list of {"role", "content"} objects."""
-    try:
-        messages = json.loads(text)
-    except ValueError as exc:
-        raise BadRequest(f"input 'messages': row {row} is not valid JSON: {exc}") from None
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest(f"input 'messages': row {row} must be a non-empty JSON list of messages")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise BadRequest(f"input 'messages': row {row}, message {i} needs a 'role' and a 'content'")
-        if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
-            raise BadRequest(f"input 'messages': row {row}, message {i} has unknown role {m['role']!r}")
-    return messages
-
-
-def check_openai_body(kind: str, body: dict, cap: int) -> None:
-    """What we refuse before the engine sees it: the same rules on every flavour."""
-    from .openai import OpenAIError
-
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise OpenAIError("'messages' must be a non-empty list", param="messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise OpenAIError(f"messages[{i}] needs a 'role' and a 'content'", param="messages")
-    else:
-        prompt = body.get("prompt")
-        texts = prompt if isinstance(prompt, list) else [prompt]
-        if not texts or not all(isinstance(t, str) for t in texts) and not all(isinstance(t, int) for t in texts):
-            raise OpenAIError("'prompt' must be a string or a list of strings", param="prompt")
-        if any(isinstance(t, str) and not t for t in texts):
-            raise OpenAIError("'prompt' is empty", param="prompt")
-    for key in ("max_tokens", "max_completion_tokens"):
-        if body.get(key) is not None:
-            try:
-                number(key, body[key], int, 1, cap)
-            except BadRequest as exc:
-                raise OpenAIError(str(exc), param=key) from None
 
