@@ -218,10 +218,21 @@ def test_requested_outputs_pick_among_label_score_probabilities(hf):
         loaded(hf["classifier"]), request(["x"], outputs=["embedding"]))
 
 
-def test_backend_huggingface_is_transformers_and_vllm_is_refused(hf):
+def test_backend_huggingface_is_transformers_and_vllm_serves_generation_and_embeddings_only(hf):
     assert infer(loaded(hf["classifier"], backend="huggingface"), ["x"])["label"].shape == (1,)
     msg = load_error(hf["classifier"], backend="VLLM")
-    assert "vLLM engine adapter is not available yet" in msg
+    assert "backend VLLM serves tasks text_generation and text_embedding; task sequence_classification" in msg
+
+
+def test_options_without_a_vllm_equivalent_are_refused_with_backend_vllm(hf):
+    msg = load_error(hf["minilm"], backend="VLLM", normalize=True)
+    assert "option 'normalize' does not apply to backend VLLM" in msg
+
+
+def test_auto_stays_on_transformers_without_a_gpu(hf, monkeypatch):
+    monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
+    rt = loaded(hf["classifier"])
+    assert rt.engine is None and rt.model is not None
 
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator, Dict, Hashable, List, Optional
 
@@ -13,12 +15,15 @@ from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 from pydantic import Field
 
-from . import storage
+from . import openai, storage
 from .batching import Coalescer, ModelThread
 from .codecs import decode_array, encode_array, text_rows
 from .engines import transformers as engine
+from .engines import vllm
+from .engines.workdir import workdir
 from .engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
 from .errors import BadRequest, InternalError, ModelLoadError, one_line
+from .huggingface_openai import TransformersOpenAI
 from .options import Backend, Dtype, RuntimeOptions, Task
 from .runtime import MODEL_FILE_LOCK, Runtime, request_parameters
 
@@ -44,7 +49,8 @@ class HuggingFaceOptions(RuntimeOptions):
     task: Optional[Task] = None
     """Default: inferred from config.json's architectures (or a sentence-transformers folder)."""
     backend: Backend = Backend.AUTO
-    """AUTO and HUGGINGFACE run transformers; VLLM is refused until the vLLM engine adapter exists."""
+    """VLLM: a supervised vLLM server (text_generation, text_embedding). AUTO: vLLM for text_generation when
+    a GPU is visible and a vLLM command is configured, else transformers. HUGGINGFACE: transformers."""
     dtype: Dtype = Dtype.AUTO
     """AUTO: float32 on CPU. On CPU, FLOAT16/HALF/BFLOAT16 fall back to float32 with a warning."""
     max_length: Optional[int] = Field(default=None, ge=1)
@@ -70,12 +76,25 @@ class HuggingFaceOptions(RuntimeOptions):
     """Generation: new tokens when the request does not say (request parameter `max_new_tokens`)."""
     max_new_tokens_limit: int = Field(default=2048, ge=1)
     """Generation: the most new tokens a request may ask for (more is a 400)."""
+    engine_command: Optional[str] = None
+    """Backend VLLM: vLLM's CLI or Python; default $MODELSERVE_VLLM_COMMAND, then `vllm` on PATH."""
+    engine_args: List[str] = Field(default_factory=list)
+    """Backend VLLM: extra vLLM arguments, after ours (e.g. --gpu-memory-utilization 0.8)."""
+    start_timeout: float = Field(default=600, gt=0)
+    """Backend VLLM: seconds the engine may take to answer."""
     tensor_input_names: Optional[List[str]] = Field(default=None, min_length=1)
     """Encoder tasks: requests may send these INT64/INT32 [n, seq] tensors (e.g. input_ids, attention_mask)
     instead of text; they go to the model's forward() as they are, without the tokenizer."""
 
 
-class HuggingFaceRuntime(Runtime):
+VLLM_DTYPES = {Dtype.AUTO: "auto", Dtype.FLOAT32: "float32", Dtype.FLOAT: "float32", Dtype.FLOAT16: "float16",
+               Dtype.HALF: "float16", Dtype.BFLOAT16: "bfloat16"}
+NOT_FOR_VLLM = ("disable_lower_case", "disable_special_tokens", "return_token_type_ids", "return_probabilities",
+                "normalize", "tensor_input_names", "coalesce", "max_coalesced_rows")
+"""Options with no vLLM equivalent: set with backend VLLM they fail the load rather than do nothing."""
+
+
+class HuggingFaceRuntime(TransformersOpenAI, Runtime):
     """Serves a transformers model folder: one BYTES input of texts.
 
     Encoder tasks (embedding, classification, token classification, fill-mask) run the batch as one
@@ -85,11 +104,12 @@ class HuggingFaceRuntime(Runtime):
 
     options_class = HuggingFaceOptions
 
+    def __init__(self, settings):
+        super().__init__(settings)
+        openai.add_routes(self)
+
     async def _load(self) -> None:
         opts: HuggingFaceOptions = self.options
-        if opts.backend == Backend.VLLM:
-            raise ModelLoadError(self.name, "backend VLLM: the vLLM engine adapter is not available yet; "
-                                            "use backend HUGGINGFACE (or AUTO) to run transformers")
         path = await asyncio.to_thread(storage.resolve, self.settings, (), opts.cache_dir, opts.pvc_root)
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelLoadError(self.name, f"no config.json in {path}: parameters.uri must name a transformers "
@@ -103,11 +123,71 @@ class HuggingFaceRuntime(Runtime):
             repo_id, _ = storage.parse_hf(self.name, uri)
             tokenizer_path = await asyncio.to_thread(storage.hf_snapshot, self.name, repo_id,
                                                      opts.tokenizer_revision, TOKENIZER_FILES)
+        if self._backend(path) == Backend.VLLM:
+            await self._load_vllm(path, tokenizer_path)
+            openai.register(self)
+            return
         await asyncio.to_thread(self._load_model, path, tokenizer_path)
         self._coalescer = Coalescer(self._call, lambda parts: [r for p in parts for r in p],
                                     max_rows=opts.max_coalesced_rows, enabled=opts.coalesce)
         self._thread = ModelThread("modelserve-generate") if self.task in GENERATION_TASKS else None
         self._set_metadata()
+        openai.register(self)
+
+    # -- backend VLLM ------------------------------------------------------------------------------
+    def _config_task(self, path: Path) -> Optional[Task]:
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except ValueError as exc:
+            raise ModelLoadError(self.name, f"config.json is not valid JSON: {exc}") from None
+        return self.options.task or infer_task(list(config.get("architectures") or []), (path / "modules.json").exists())
+
+    def _backend(self, path: Path) -> Backend:
+        opts: HuggingFaceOptions = self.options
+        if opts.backend != Backend.AUTO:
+            return opts.backend
+        gpu = os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES", "0") not in ("", "-1")
+        configured = opts.engine_command or os.environ.get(vllm.COMMAND_ENV) or shutil.which("vllm")
+        if gpu and configured and self._config_task(path) == Task.TEXT_GENERATION:
+            logger.info("model '%s': backend AUTO chose VLLM (a GPU and a vLLM command are present)", self.name)
+            return Backend.VLLM
+        return Backend.HUGGINGFACE
+
+    async def _load_vllm(self, path: Path, tokenizer_path: Path) -> None:
+        """The shared vLLM adapter (engines/vllm.py), with this runtime's options as vLLM arguments."""
+        opts: HuggingFaceOptions = self.options
+        task = self._config_task(path)
+        if task not in (Task.TEXT_GENERATION, Task.TEXT_EMBEDDING):
+            shown = task.value if task else "unknown (set option 'task')"
+            raise ModelLoadError(self.name, f"backend VLLM serves tasks text_generation and text_embedding; task "
+                                            f"{shown} runs on backend HUGGINGFACE")
+        unused = [k for k in NOT_FOR_VLLM if k in opts.model_fields_set]
+        if unused:
+            raise ModelLoadError(self.name, f"option '{unused[0]}' does not apply to backend VLLM")
+        args = ["--dtype", VLLM_DTYPES[opts.dtype]]
+        if opts.max_length is not None:
+            args += ["--max-model-len", str(opts.max_length)]
+        if opts.trust_remote_code:
+            args += ["--trust-remote-code"]
+        if tokenizer_path != path:
+            args += ["--tokenizer", str(tokenizer_path)]
+        if not opts.disable_log_requests:
+            args += ["--enable-log-requests"]
+            if opts.max_log_len is not None:
+                args += ["--max-log-len", str(opts.max_log_len)]
+        self.task, self.embedding, self.adapters = task, task == Task.TEXT_EMBEDDING, []
+        self.max_tokens, self.max_tokens_limit = min(opts.max_new_tokens, opts.max_new_tokens_limit), \
+            opts.max_new_tokens_limit
+        self.engine = vllm.VLLMEngine(
+            self.name, path, adapters={}, args=[*args, *opts.engine_args], env={},
+            cwd=workdir(self.name, opts.cache_dir), pooling=self.embedding, engine_command=opts.engine_command,
+            start_timeout=opts.start_timeout, on_failed=self._engine_failed)
+        await self.engine.start()
+        self._engine_metadata()
+
+    def _engine_failed(self, reason: str) -> None:
+        self.ready = False
+        logger.error("model '%s' is no longer ready: %s", self.name, reason)
 
     def _load_model(self, path: Path, tokenizer_path: Path) -> None:
         with MODEL_FILE_LOCK:  # models load in parallel threads: one first import of transformers at a time
@@ -323,6 +403,8 @@ class HuggingFaceRuntime(Runtime):
         return wanted
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if self.engine is not None:
+            return await self._engine_predict(payload)
         wanted = self._wanted(payload)
         if self._is_tensor_request(payload):
             result = await self._predict_tensors(payload)
@@ -419,6 +501,10 @@ class HuggingFaceRuntime(Runtime):
         import torch
 
         payload = await payloads.__anext__()
+        if self.engine is not None:
+            async for response in self._engine_stream(payload):
+                yield response
+            return
         streamer = None
         try:
             if self.task not in GENERATION_TASKS:
@@ -454,6 +540,9 @@ class HuggingFaceRuntime(Runtime):
                 streamer.cancelled = True  # the client left early: stop generating
 
     async def unload(self) -> bool:
+        openai.unregister(self)
+        if self.engine is not None:
+            await self.engine.stop()
         coalescer = getattr(self, "_coalescer", None)
         if coalescer is not None:
             coalescer.close()

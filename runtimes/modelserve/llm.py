@@ -47,7 +47,7 @@ class EngineLLM:
                                             MetadataTensor(name="finish_reason", datatype="BYTES", shape=[-1])]
 
     # -- V2 ----------------------------------------------------------------------------------------
-    def _rows(self, payload: InferenceRequest) -> tuple[str, list]:
+    def _engine_rows(self, payload: InferenceRequest) -> tuple[str, list]:
         if not payload.inputs:
             raise BadRequest("the request has no inputs: send a BYTES tensor 'prompt' (or 'messages' with JSON chats)")
         if len(payload.inputs) > 1:
@@ -62,7 +62,7 @@ class EngineLLM:
             return "messages", [parse_messages(i, r) for i, r in enumerate(text_rows(inp, "chat", allow_empty=True))]
         return inp.name, text_rows(inp)
 
-    def _model_id(self, params: Dict[str, Any]) -> str:
+    def _engine_model_id(self, params: Dict[str, Any]) -> str:
         adapter = params.pop("adapter", None)
         if adapter is None:
             return self.name
@@ -71,7 +71,7 @@ class EngineLLM:
                              404 if isinstance(adapter, str) else 400)
         return adapter
 
-    def _wanted(self, payload: InferenceRequest) -> List[str]:
+    def _engine_wanted(self, payload: InferenceRequest) -> List[str]:
         names = [o.name for o in payload.outputs or []]
         offered = [o.name for o in self.outputs or []]
         unknown = [n for n in names if n not in offered]
@@ -80,19 +80,19 @@ class EngineLLM:
         return names or offered[:1]
 
     async def _engine_predict(self, payload: InferenceRequest) -> InferenceResponse:
-        kind, rows = self._rows(payload)
-        wanted = self._wanted(payload)
+        kind, rows = self._engine_rows(payload)
+        wanted = self._engine_wanted(payload)
         params = request_parameters(payload)
         if self.embedding:
-            model_id = self._model_id(params)
+            model_id = self._engine_model_id(params)
             leftover = [k for k in params if k not in ("content_type", "headers")]
             if leftover:
                 raise BadRequest(f"unknown parameter '{leftover[0]}' for embeddings (allowed: adapter)")
             result = await self.engine.upstream.post("/v1/embeddings", {"model": model_id, "input": rows})
             vectors = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])],
                                dtype=np.float32)
-            return self._response(payload, {"embedding": vectors}, wanted)
-        model_id = self._model_id(params)
+            return self._engine_response(payload, {"embedding": vectors}, wanted)
+        model_id = self._engine_model_id(params)
         body = sampling_body(params, min(self.max_tokens, self.max_tokens_limit),
                              self.max_tokens_limit)
         if kind == "messages":
@@ -106,9 +106,9 @@ class EngineLLM:
             texts = [c["text"] for c in choices]
         outputs = {"text": np.array(texts, dtype=object),
                    "finish_reason": np.array([c.get("finish_reason") or "" for c in choices], dtype=object)}
-        return self._response(payload, outputs, wanted)
+        return self._engine_response(payload, outputs, wanted)
 
-    def _response(self, payload: InferenceRequest, outputs: Dict[str, np.ndarray], wanted: List[str]) -> InferenceResponse:
+    def _engine_response(self, payload: InferenceRequest, outputs: Dict[str, np.ndarray], wanted: List[str]) -> InferenceResponse:
         return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id,
                                  outputs=[encode_array(n, outputs[n]) for n in wanted])
 
@@ -118,12 +118,12 @@ class EngineLLM:
             if self.embedding:
                 yield await self._engine_predict(payload)
                 return
-            kind, rows = self._rows(payload)
-            wanted = self._wanted(payload)
+            kind, rows = self._engine_rows(payload)
+            wanted = self._engine_wanted(payload)
             if len(rows) != 1:
                 raise BadRequest(f"streaming takes one prompt per request, got {len(rows)}")
             params = request_parameters(payload)
-            model_id = self._model_id(params)
+            model_id = self._engine_model_id(params)
             body = sampling_body(params, min(self.max_tokens, self.max_tokens_limit),
                                  self.max_tokens_limit)
             body.update(model=model_id, stream=True)

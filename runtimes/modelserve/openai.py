@@ -160,3 +160,72 @@ def sse(data: Any) -> bytes:
 
 
 SSE_DONE = b"data: [DONE]\n\n"
+
+
+# -- response bodies, for runtimes that generate themselves (HuggingFaceRuntime on transformers) ------------
+def new_id(prefix: str) -> str:
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int = 0) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(model: str, texts: List[str], finishes: List[str], prompt_tokens: int,
+                    completion_tokens: int) -> dict:
+    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                        for i, (t, f) in enumerate(zip(texts, finishes))],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chat_body(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chunk(kind: str, rid: str, created: int, model: str, text: Optional[str], finish: Optional[str] = None,
+          role: Optional[str] = None) -> bytes:
+    """One SSE event of a completion (``kind`` "completions") or chat stream."""
+    if kind == "chat":
+        delta: Dict[str, Any] = {"role": role} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [choice]})
+    return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]})
+
+
+def embeddings_body(model: str, vectors, encoding_format: str, prompt_tokens: int) -> dict:
+    import base64
+
+    import numpy as np
+
+    data = []
+    for i, vec in enumerate(vectors):
+        vec = np.asarray(vec, dtype="<f4")
+        value = base64.b64encode(vec.tobytes()).decode() if encoding_format == "base64" else vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": model, "usage": usage(prompt_tokens)}
+
+
+def check_fields(kind: str, body: dict, backend: str) -> None:
+    """Fields we do not implement are refused by name (never silently ignored)."""
+    allowed = {"model", "user"}
+    if kind == "embeddings":
+        allowed |= {"input", "encoding_format", "dimensions"}
+    else:
+        allowed |= {"stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+                    "seed", "stop", "n", "prompt" if kind == "completions" else "messages"}
+    extra = [k for k, v in body.items() if k not in allowed and v is not None]
+    if extra:
+        raise OpenAIError(f"field '{extra[0]}' is not supported by {backend}", param=extra[0])
+    if body.get("n") not in (None, 1):
+        raise OpenAIError("only n=1 is supported", param="n")

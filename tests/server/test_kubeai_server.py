@@ -15,11 +15,13 @@ import pytest
 import requests
 
 from ..harness import Server, grpc, write_model
+from ..hf_models import minilm_dir
 from ..llama_models import build_lora, build_tiny_llama
 
 openai = pytest.importorskip("openai")
 
 KUBEAI = "modelserve.kubeai.KubeAIRuntime"
+HF = "modelserve.huggingface.HuggingFaceRuntime"
 REPO = Path(__file__).resolve().parents[2]
 # CPU: a 64 MB KV cache (vLLM would reserve 16 GB), float32 so outputs match transformers exactly
 CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
@@ -100,6 +102,13 @@ def llm_server(tmp_path_factory, llama):
         args=[*CPU_ARGS, "--chat-template", "templates/plain.jinja"], max_tokens_limit=64,
         cache_dir=str(root / "cache")))
     write_model(root, "llm-embed", kubeai_settings(llama, features=["TextEmbedding"], cache_dir=str(root / "cache")))
+    # the other flavour on the same routes: HuggingFaceRuntime on vLLM (the shared adapter) and on transformers
+    write_model(root, "hf-vllm", {"implementation": HF, "parameters": {"uri": str(llama["base"]), "extra": {
+        "backend": "VLLM", "dtype": "FLOAT32", "max_length": 512, "engine_args": CPU_ARGS[2:4],
+        "cache_dir": str(root / "cache")}}})
+    write_model(root, "hf-llama", {"implementation": HF, "parameters": {"uri": str(llama["base"]), "extra": {
+        "backend": "HUGGINGFACE", "task": "text_generation"}}})
+    write_model(root, "minilm", {"implementation": HF, "parameters": {"uri": str(minilm_dir())}})
     srv = Server(root, parallel_workers=0, extra={"gzip_enabled": False},
                  env={"MODELSERVE_VLLM_COMMAND": command, "HF_HUB_OFFLINE": "1"}).start(timeout=400)
     srv.client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
@@ -255,10 +264,71 @@ def test_bad_v2_requests_are_4xx(llm_server, rows, params, status, fragment):
     assert r.status_code == 400 and "needs a 'role' and a 'content'" in r.json()["error"]
 
 
+# -- HuggingFaceRuntime on the same routes -------------------------------------------------------------
+@pytest.mark.parametrize("model", ["hf-vllm", "hf-llama"])
+def test_huggingface_models_answer_the_same_client_with_the_same_text(llm_server, model):
+    """vLLM and transformers, float32 and greedy, give the same tokens for the same model."""
+    assert model in {m.id for m in llm_server.client.models.list().data}
+    ref = complete(llm_server, max_tokens=8)
+    got = complete(llm_server, model, max_tokens=8)
+    assert got.model == model and got.choices[0].text == ref.choices[0].text
+    assert got.usage.prompt_tokens == ref.usage.prompt_tokens and got.usage.completion_tokens == 8
+    assert got.choices[0].finish_reason == "length"
+    streamed = "".join(c.choices[0].text for c in complete(llm_server, model, max_tokens=8, stream=True) if c.choices)
+    assert streamed == ref.choices[0].text
+
+
+def test_chat_through_the_tokenizer_template_agrees_across_backends(llm_server):
+    chats = {}
+    for model in ("hf-vllm", "hf-llama"):
+        messages = [{"role": "user", "content": "Hello there"}]
+        res = llm_server.client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0)
+        stream = llm_server.client.chat.completions.create(model=model, messages=messages, max_tokens=6,
+                                                           temperature=0, stream=True)
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+        assert "".join(pieces) == res.choices[0].message.content
+        # vLLM holds back a trailing partial UTF-8 character that transformers' decode shows as U+FFFD
+        chats[model] = (res.choices[0].message.content.rstrip("\ufffd"), res.usage.prompt_tokens)
+    assert chats["hf-vllm"] == chats["hf-llama"]
+
+
+def test_hf_vllm_backend_v2_infer(llm_server):
+    r = v2(llm_server, "hf-vllm", "prompt", [PROMPT], max_new_tokens=8, temperature=0)
+    assert r.status_code == 200, r.text
+    assert r.json()["outputs"][0]["data"] == [complete(llm_server).choices[0].text]
+
+
+def test_openai_embeddings_from_huggingface_equal_its_v2_output(llm_server):
+    texts = ["A man is eating food.", "A cheetah chases prey."]
+    res = llm_server.client.embeddings.create(model="minilm", input=texts)  # the client asks for base64
+    vecs = np.array([d.embedding for d in res.data])
+    v2out = v2(llm_server, "minilm", "text", texts).json()["outputs"][0]
+    assert vecs.shape == (2, 384) and np.allclose(vecs.reshape(-1), v2out["data"], atol=1e-6)
+    assert res.usage.prompt_tokens > 4
+    floats = requests.post(llm_server.url + "/v1/embeddings", json={"model": "minilm", "input": texts[0]},
+                           timeout=30).json()
+    assert np.allclose(floats["data"][0]["embedding"], vecs[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    ({"model": "minilm", "input": []}, "'input' must be a string or a non-empty list"),
+    ({"model": "minilm", "input": [1, 2]}, "token arrays are not supported"),
+    ({"model": "minilm", "input": ["x"], "encoding_format": "int8"}, "encoding_format must be float or base64"),
+    ({"model": "hf-llama", "prompt": "x", "logprobs": 2}, "field 'logprobs' is not supported"),
+    ({"model": "hf-llama", "prompt": "x", "n": 2}, "only n=1"),
+    ({"model": "hf-llama", "prompt": "x", "max_tokens": 5000}, "allowed range"),
+])
+def test_bad_requests_to_huggingface_models_are_400(llm_server, body, fragment):
+    path = "/v1/embeddings" if "input" in body else "/v1/completions"
+    r = requests.post(llm_server.url + path, json=body, timeout=30)
+    assert r.status_code == 400 and fragment in r.json()["error"]["message"], r.text
+
+
 # -- the engine process --------------------------------------------------------------------------------
 def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llama):
     before = complete(llm_server, "lora-a").choices[0].text
-    servers = [p for p in engine_pids("--served-model-name llm ") if "guard.py" not in
+    ours = set(descendants(llm_server.proc.pid))
+    servers = [p for p in engine_pids("--served-model-name llm ") if p in ours and "guard.py" not in
                Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
     assert len(servers) == 1, servers
     os.kill(servers[0], signal.SIGKILL)
@@ -289,8 +359,8 @@ def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
     try:
         r = v2(srv, "solo", "prompt", [PROMPT], max_tokens=2)
         assert r.status_code == 200, r.text
-        guards = [p for p in engine_pids("--served-model-name solo ")
-                  if "guard.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        guards = [p for p in engine_pids("--served-model-name solo ") if p in descendants(srv.proc.pid)
+                  and "guard.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
         assert len(guards) == 1
         tree = [guards[0], *descendants(guards[0])]
         assert len(tree) >= 3  # guard, API server, EngineCore (and its worker)
@@ -315,6 +385,6 @@ def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
         msg = r.json()["error"]
         assert "broken" in msg and "engine exited" in msg and "no-such-flag" in msg
         assert "Traceback" not in msg
-        assert engine_pids("--served-model-name broken ") == []
+        assert [p for p in engine_pids("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
     finally:
         srv.stop()

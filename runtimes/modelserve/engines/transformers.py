@@ -290,7 +290,13 @@ def stopping_criteria(torch, should_stop):
 
 def generate_one(torch, model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
                  stop: List[str], device, streamer: Optional[TokenTracker] = None) -> str:
-    """One prompt through model.generate (in the model thread); the new text, cut at the first stop string.
+    """One prompt through model.generate (in the model thread); the new text, cut at the first stop string."""
+    return generate_counted(torch, model, tokenizer, row, kw, seed, stop, device, streamer)[0]
+
+
+def generate_counted(torch, model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
+                     stop: List[str], device, streamer: Optional[TokenTracker] = None) -> Tuple[str, int]:
+    """generate_one's text and the number of new tokens generate() produced (OpenAI's completion_tokens).
 
     The answer is decoded from generate()'s output, the same way for streamed and whole requests.
     """
@@ -310,5 +316,10 @@ def generate_one(torch, model, tokenizer, row: Dict[str, List[int]], kw: Dict[st
         if streamer is not None:
             streamer.abort()
         raise
-    text = tokenizer.decode(out[0, prompt_len:].tolist(), skip_special_tokens=True)
-    return cut_at_stop(text, stop)[0]
+    new = out[0, prompt_len:].tolist()
+    if model.config.is_encoder_decoder and new and new[0] == getattr(model.config, "decoder_start_token_id", None):
+        new_count = len(new) - 1
+    else:
+        new_count = len(new)
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    return cut_at_stop(text, stop)[0], new_count

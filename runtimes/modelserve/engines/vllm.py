@@ -35,7 +35,7 @@ def command(model: str, configured: Optional[str]) -> List[str]:
         raise ModelLoadError(
             model, f"the vLLM engine is not installed here: set ${COMMAND_ENV} (or the option engine_command) "
             "to the `vllm` executable of the environment vLLM is installed in (`bash scripts/dev.sh setup` "
-            "makes .venv-vllm/bin/vllm; the kubeai image sets it)")
+            "makes .venv-vllm and sets it; the images set it)")
     argv = shlex.split(text)
     exe = argv[0]
     if not (os.path.isabs(exe) and os.access(exe, os.X_OK)) and not shutil.which(exe):
