@@ -172,3 +172,40 @@ def grpc(server: "Server", op: str, model: str, inputs=(), parameters=None, outp
     return json.loads(proc.stdout)
 
 
+
+
+GRPC_STREAM_CLIENT = r"""
+import json, sys
+import grpc
+from mlserver.grpc import dataplane_pb2 as pb, dataplane_pb2_grpc as pb_grpc
+
+req = json.load(sys.stdin)
+params = {k: pb.InferParameter(string_param=str(v)) if isinstance(v, str) else pb.InferParameter(int64_param=v)
+          for k, v in (req["parameters"] or {}).items()}
+tensor = pb.ModelInferRequest.InferInputTensor(
+    name=req["input"], datatype="BYTES", shape=[len(req["data"])],
+    contents=pb.InferTensorContents(bytes_contents=[v.encode() for v in req["data"]]))
+request = pb.ModelInferRequest(model_name=req["model"], inputs=[tensor], parameters=params)
+out = {"pieces": [], "errors": []}
+with grpc.insecure_channel(req["url"]) as channel:
+    try:
+        for res in pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([request]), timeout=60):
+            out["pieces"].append(res.outputs[0].contents.bytes_contents[0].decode())
+    except grpc.RpcError as exc:
+        out["errors"].append(f"{exc.code().name}: {exc.details()}")
+json.dump(out, sys.stdout)
+"""
+
+
+def grpc_stream(server: "Server", model: str, name: str, data: list, parameters=None) -> dict:
+    """ModelStreamInfer with MLServer's own gRPC stubs, in a fresh interpreter: the text pieces.
+
+    Not tritonclient's stream API: MLServer streams ModelInferResponse messages where Triton's protocol wraps
+    them in ModelStreamInferResponse{error_message, infer_response}, so tritonclient reads every message's
+    model_name as an error message.
+    """
+    req = {"url": server.grpc_url, "model": model, "input": name, "data": data, "parameters": parameters}
+    proc = subprocess.run([sys.executable, "-c", GRPC_STREAM_CLIENT], input=json.dumps(req), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)

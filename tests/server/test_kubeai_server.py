@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
+from ..harness import Server, grpc, grpc_stream, write_model
 from ..hf_models import minilm_dir
 from ..llama_models import build_lora, build_tiny_llama
 
@@ -248,6 +248,12 @@ def test_v2_over_grpc(llm_server):
     res = grpc(llm_server, "infer", "llm", [("prompt", np.array([PROMPT], dtype=object), "BYTES")],
                parameters={"max_tokens": 8, "temperature": "0"})
     assert res["outputs"]["text"]["data"] == [complete(llm_server).choices[0].text]
+
+
+def test_v2_stream_over_grpc(llm_server):
+    res = grpc_stream(llm_server, "llm", "prompt", [PROMPT], parameters={"max_tokens": 10, "temperature": "0"})
+    assert res["errors"] == [] and len(res["pieces"]) > 1
+    assert "".join(res["pieces"]) == complete(llm_server, max_tokens=10).choices[0].text
 
 
 @pytest.mark.parametrize("rows,params,status,fragment", [
