@@ -66,7 +66,8 @@ def lookup(model_id: Any) -> Tuple[OpenAIServed, str]:
         if model_id in served.openai_ids():
             return served, model_id
     known = sorted(i for s in list(REGISTRY.values()) for i in s.openai_ids())
-    raise OpenAIError(f"model '{model_id}' not found; this server's OpenAI routes serve: {', '.join(known) or 'none'}",
+    raise OpenAIError(f"model '{model_id}' not found; this server's OpenAI routes serve: {', '.join(known) or 'none'} "
+                      "(they reach the models of one MLServer process: load the others with parallel_workers 0)",
                       404, param="model", type_="NotFoundError")
 
 
