@@ -205,3 +205,94 @@ def test_malformed_messages_are_400s(text, expected):
     with pytest.raises(BadRequest) as err:
         parse_messages(0, text)
     assert expected in str(err.value)
+
+
+# -- against a stand-in `vllm` CLI (tests/engines/fake_vllm.py): the command line, env, files, attach ----------
+FAKE_VLLM = Path(__file__).parent / "engines" / "fake_vllm.py"
+
+
+def runtime(tmp_path: Path, **extra) -> KubeAIRuntime:
+    extra.setdefault("cache_dir", str(tmp_path / "cache"))
+    params = ModelParameters(extra=extra)
+    return KubeAIRuntime(ModelSettings(name="m", implementation=KubeAIRuntime, parameters=params,
+                                       _source=str(tmp_path / "model-settings.json")))
+
+
+def prompt_request(text: str, **params):
+    from mlserver.types import InferenceRequest, Parameters, RequestInput
+
+    return InferenceRequest(inputs=[RequestInput(name="prompt", shape=[1], datatype="BYTES", data=[text])],
+                            parameters=Parameters(**params) if params else None)
+
+
+def test_the_engine_gets_our_arguments_then_the_users_and_the_env_and_files(tmp_path, model_dir):
+    import requests
+
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 16}')
+
+    async def run():
+        rt = runtime(tmp_path, engine="VLLM", url=str(model_dir), engine_command=str(FAKE_VLLM),
+                     adapters=[{"name": "sql", "url": str(adapter)}], args=["--max-model-len", "128"],
+                     env={"FOO": "bar"}, files=[{"path": "templates/chat.jinja", "content": "{{ x }}"}],
+                     max_tokens=7)
+        await rt.load()
+        try:
+            debug = await asyncio.to_thread(lambda: requests.get(rt.engine.base_url() + "/debug", timeout=5).json())
+            texts = [(await rt.predict(prompt_request("hi", **p))).outputs[0].data.root[0]
+                     for p in ({}, {"adapter": "sql", "max_tokens": 5})]
+            with pytest.raises(BadRequest, match="unknown adapter 'nope'"):
+                await rt.predict(prompt_request("hi", adapter="nope"))
+            tmp = debug["env"]["TMPDIR"]
+            assert os.path.isdir(tmp)
+        finally:
+            await rt.unload()
+        return debug, texts, tmp
+
+    debug, texts, tmp = asyncio.run(run())
+    argv = debug["argv"]
+    assert argv[:2] == ["serve", str(model_dir)]
+    assert argv[argv.index("--served-model-name") + 1] == "m"
+    assert f"sql={adapter}" in argv and argv[argv.index("--max-lora-rank") + 1] == "16"
+    assert argv[-2:] == ["--max-model-len", "128"]
+    assert debug["env"]["FOO"] == "bar"
+    assert debug["cwd"] == str((tmp_path / "cache" / "work" / "m").resolve())
+    assert "templates/chat.jinja" in debug["files"]
+    assert texts == [b"m:hi:7", b"sql:hi:5"]
+    assert not os.path.exists(tmp)  # the engine's temporary folder goes with it
+
+
+def test_attaching_to_a_running_engine(tmp_path):
+    import subprocess
+    import sys
+
+    from modelserve.engines.process import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(FAKE_VLLM), "serve", "x", "--host", "127.0.0.1", "--port",
+                             str(port), "--served-model-name", "m"], stdout=subprocess.DEVNULL)
+    try:
+        async def run(url):
+            rt = runtime(tmp_path, engine="VLLM", engine_url=url)
+            await rt.load()
+            try:
+                return (await rt.predict(prompt_request("hi"))).outputs[0].data.root[0]
+            finally:
+                await rt.unload()
+
+        import time
+
+        import requests
+        for _ in range(50):
+            try:
+                requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        assert asyncio.run(run(f"http://127.0.0.1:{port}")) == b"m:hi:256"
+        assert proc.poll() is None  # an attached engine is not ours to stop
+    finally:
+        proc.kill()
+    msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}")
+    assert f"engine_url http://127.0.0.1:{port}" in msg

@@ -124,6 +124,13 @@ class VLLMEngine:
         return Unavailable(f"model '{self.name}': engine at {self._url} is unreachable: {exc}", retry_after=5)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # nothing half-started stays behind a failed load
+            raise
+
+    async def _start(self) -> None:
         if self.process is not None:
             await self.process.start()
             return
