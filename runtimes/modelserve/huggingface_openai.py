@@ -30,9 +30,9 @@ class TransformersOpenAI(EngineLLM):
             return super().openai_supports(kind)
         return self.task == (Task.TEXT_EMBEDDING if kind == "embeddings" else Task.TEXT_GENERATION)
 
-    async def openai_call(self, kind: str, body: dict, model_id: str) -> Any:
+    async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
         if self.engine is not None:
-            return await self._engine_openai_call(kind, body, model_id)
+            return await self._engine_openai_call(kind, body, model_id, raw)
         openai.check_fields(kind, body, "backend HUGGINGFACE")
         if kind == "embeddings":
             return await self._openai_embeddings(body)

@@ -168,8 +168,8 @@ class KubeAIRuntime(EngineLLM, Runtime):
         async for response in self._engine_stream(await payloads.__anext__()):
             yield response
 
-    async def openai_call(self, kind: str, body: dict, model_id: str):
-        return await self._engine_openai_call(kind, body, model_id)
+    async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes):
+        return await self._engine_openai_call(kind, body, model_id, raw)
 
     def _model_url(self) -> str:
         url = self.options.url or (self.settings.parameters.uri if self.settings.parameters else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncIterator, Dict, List
+from typing import Any, AsyncIterator, Dict, List, Optional
 
 import numpy as np
 from mlserver.errors import MLServerError
@@ -157,12 +157,16 @@ class EngineLLM:
     def openai_supports(self, kind: str) -> bool:
         return self.embedding if kind == "embeddings" else not self.embedding
 
-    async def _engine_openai_call(self, kind: str, body: dict, model_id: str) -> Any:
+    async def _engine_openai_call(self, kind: str, body: dict, model_id: str, raw: Optional[bytes] = None) -> Any:
+        """Checked, then passed to the engine as it came (``raw``: the request's bytes) and its answer
+        passed back as bytes (a JSON body) or as its SSE chunks."""
         path = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}[kind]
         if kind != "embeddings":
             check_openai_body(kind, body, self.max_tokens_limit)
         if body.get("stream") and kind != "embeddings":
-            return await self.engine.upstream.stream(path, body)
+            return await self.engine.upstream.stream(path, body, raw)
+        if raw is not None:
+            return await self.engine.upstream.post_raw(path, raw)
         return await self.engine.upstream.post(path, body)
 
 

@@ -11,13 +11,15 @@ client turns into its typed exceptions; a 503 carries ``Retry-After``.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 import time
 from typing import Any, AsyncIterator, Dict, List, Optional, Protocol, Tuple
 
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from mlserver.errors import MLServerError
 from mlserver.handlers.custom import CustomHandler, register_custom_handler
 
@@ -42,8 +44,9 @@ class OpenAIServed(Protocol):
 
     def openai_supports(self, kind: str) -> bool: ...
 
-    async def openai_call(self, kind: str, body: dict, model_id: str) -> Any:
-        """A JSON-able dict, or an async iterator of SSE bytes when ``body["stream"]`` is true."""
+    async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
+        """A JSON-able dict or JSON bytes, or an async iterator of SSE bytes when ``body["stream"]`` is true.
+        ``raw`` is the request body as received, for runtimes that pass it on unchanged."""
 
 
 REGISTRY: Dict[str, OpenAIServed] = {}
@@ -98,8 +101,28 @@ async def _raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-async def handle(kind: str, raw: bytes) -> Any:
+async def _authorization(request: Request) -> str:
+    return request.headers.get("authorization", "")
+
+
+API_KEY_ENV = "MODELSERVE_OPENAI_API_KEY"
+
+
+def check_key(authorization: str) -> None:
+    """With $MODELSERVE_OPENAI_API_KEY set (one key, or several separated by commas), every OpenAI route
+    needs ``Authorization: Bearer <key>``, as OpenAI's own API does; unset, the routes are open."""
+    keys = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
+    if not keys:
+        return
+    scheme, _, given = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given.strip().encode(), k.encode()) for k in keys):
+        raise OpenAIError("a valid API key is required: send 'Authorization: Bearer <key>'", 401,
+                          type_="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+async def handle(kind: str, raw: bytes, authorization: str = "") -> Any:
     try:
+        check_key(authorization)
         if kind == "models":
             data = [{"id": i, "object": "model", "created": _CREATED, "owned_by": "modelserve",
                      **({"parent": s.name} if i != s.name else {})}
@@ -118,10 +141,12 @@ async def handle(kind: str, raw: bytes) -> Any:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise OpenAIError(f"'stream' must be true or false, got {stream!r}", param="stream")
-        result = await served.openai_call(kind, body, model_id)
+        result = await served.openai_call(kind, body, model_id, raw)
         if stream and kind != "embeddings":
             return StreamingResponse(_guarded(result), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        if isinstance(result, (bytes, bytearray)):
+            return Response(content=bytes(result), media_type="application/json")
         return JSONResponse(result)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
         return _as_openai_error(exc).response()
@@ -147,12 +172,14 @@ def add_routes(model: Any) -> None:
 
 
 def _bind(fn, kind: str, get: bool):
+    # plain str/bytes arguments: with parallel workers MLServer pickles them over to the worker
     if get:
-        async def handler() -> Any:
-            return await fn(kind, b"")
+        async def handler(authorization: str = Depends(_authorization)) -> Any:
+            return await fn(kind, b"", authorization)
     else:
-        async def handler(body: bytes = Depends(_raw_body)) -> Any:  # type: ignore[misc]
-            return await fn(kind, body)
+        async def handler(body: bytes = Depends(_raw_body),  # type: ignore[misc]
+                          authorization: str = Depends(_authorization)) -> Any:
+            return await fn(kind, body, authorization)
     return handler
 
 

@@ -33,6 +33,9 @@ def engine_message(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class EngineError(BadRequest):
     """The engine refused the request; its status (4xx) and message reach the user unchanged."""
 
@@ -100,12 +103,27 @@ class OpenAIUpstream:
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
 
-    async def stream(self, path: str, body: dict) -> AsyncIterator[bytes]:
-        """The engine's SSE response, chunk by chunk as it arrives (errors before the first chunk raise)."""
+    async def post_raw(self, path: str, raw: bytes) -> bytes:
+        """A JSON body passed through as bytes both ways: the OpenAI routes' proxy path, no re-encoding."""
+        self._check()
+        try:
+            async with self._client().post(self._base_url() + path, data=raw, headers=_JSON) as resp:
+                if resp.status != 200:
+                    await self._raise_for(resp)
+                return await resp.read()
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise self._on_connection_error(exc) from None
+
+    async def stream(self, path: str, body: dict, raw: Optional[bytes] = None) -> AsyncIterator[bytes]:
+        """The engine's SSE response, chunk by chunk as it arrives (errors before the first chunk raise).
+        ``raw``, when given, is sent as the body instead of ``body`` re-encoded."""
         self._check()
         session = self._client()
         try:
-            resp = await session.post(self._base_url() + path, json=body)
+            if raw is not None:
+                resp = await session.post(self._base_url() + path, data=raw, headers=_JSON)
+            else:
+                resp = await session.post(self._base_url() + path, json=body)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
         if resp.status != 200:
