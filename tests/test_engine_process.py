@@ -193,7 +193,8 @@ SUPERVISOR = textwrap.dedent("""
     from modelserve.engines.process import EngineProcess
 
     async def main():
-        proc = EngineProcess("fake", lambda port: [sys.executable, {fake!r}, port, "--child"], start_timeout=20)
+        proc = EngineProcess("fake", lambda port: [sys.executable, {fake!r}, port, "--child"], start_timeout=20,
+                             cleanup={clean!r})
         await proc.start()
         await asyncio.sleep(0.3)  # the child's pid line
         print(chr(10).join(proc.tail), flush=True)
@@ -209,7 +210,8 @@ def test_no_orphan_survives_the_supervising_process(sig, tmp_path):
     """MLServer never unloads on shutdown and a worker can be killed: the guard's parent-death signal
     must still take the engine tree down."""
     script = tmp_path / "supervisor.py"
-    script.write_text(SUPERVISOR.format(tests=str(Path(__file__).parent), fake=FAKE))
+    clean = tmp_path / "engine-tmp"
+    script.write_text(SUPERVISOR.format(tests=str(Path(__file__).parent), fake=FAKE, clean=str(clean)))
     log = tmp_path / "log"
     with open(log, "w") as out:
         sup = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT)
@@ -218,7 +220,11 @@ def test_no_orphan_survives_the_supervising_process(sig, tmp_path):
         time.sleep(0.1)
     assert "READY" in log.read_text(), log.read_text()
     pids = [int(p) for p in re.findall(r"(?:child )?pid (\d+)", log.read_text())]
-    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert len(pids) == 2 and all(alive(p) for p in pids) and clean.is_dir()
     sup.send_signal(sig)
     sup.wait(10)
     assert wait_gone(pids) == [], log.read_text()
+    deadline = time.monotonic() + 10
+    while clean.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not clean.exists()  # the engine's temporary folder goes with it

@@ -178,6 +178,8 @@ def test_v2_parameters_map_onto_openai_fields():
     assert body == {"max_tokens": 12, "temperature": 0.5, "stop": ["\n"], "seed": 3, "top_k": 5}
     assert sampling_body({}, 64, 100) == {"max_tokens": 64}
     assert sampling_body({"max_new_tokens": 7}, 64, 100)["max_tokens"] == 7
+    assert sampling_body({"ignore_eos": True, "min_tokens": 3}, 64, 100) == {"max_tokens": 64, "ignore_eos": True,
+                                                                             "min_tokens": 3}
 
 
 @pytest.mark.parametrize("params,expected", [
@@ -188,6 +190,8 @@ def test_v2_parameters_map_onto_openai_fields():
     ({"beams": 2}, "unknown generation parameter 'beams'"),
     ({"stop": [1]}, "parameter 'stop' must be"),
     ({"max_tokens": 3, "max_new_tokens": 3}, "not both"),
+    ({"max_tokens": 3, "min_tokens": 4}, "parameter 'min_tokens' is 4; allowed range [0, 3]"),
+    ({"ignore_eos": "yes"}, "'ignore_eos' must be true or false"),
 ])
 def test_bad_v2_parameters_are_400s(params, expected):
     with pytest.raises(BadRequest) as err:

@@ -57,7 +57,7 @@ def sampling_body(params: Dict[str, Any], default_max: int, cap: int, extra: Ite
     ``max_tokens`` (alias ``max_new_tokens``) defaults to ``default_max`` and may not exceed ``cap``.
     Names in ``extra`` are left for the caller.
     """
-    check_names(params, ("max_tokens", "max_new_tokens", "stop", *SAMPLING, *extra))
+    check_names(params, ("max_tokens", "max_new_tokens", "min_tokens", "ignore_eos", "stop", *SAMPLING, *extra))
     body: Dict[str, Any] = {}
     if params.get("max_tokens") is not None and params.get("max_new_tokens") is not None:
         raise BadRequest("give 'max_tokens' or 'max_new_tokens', not both")
@@ -67,6 +67,12 @@ def sampling_body(params: Dict[str, Any], default_max: int, cap: int, extra: Ite
     for key, (kind, low, high, low_open) in SAMPLING.items():
         if params.get(key) is not None:
             body[key] = number(key, params[key], kind, low, high, low_open)
+    if params.get("min_tokens") is not None:
+        body["min_tokens"] = number("min_tokens", params["min_tokens"], int, 0, body["max_tokens"])
+    if params.get("ignore_eos") is not None:
+        if not isinstance(params["ignore_eos"], bool):
+            raise BadRequest(f"parameter 'ignore_eos' must be true or false, got {params['ignore_eos']!r}")
+        body["ignore_eos"] = params["ignore_eos"]
     stop = params.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop

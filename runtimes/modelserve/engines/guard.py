@@ -8,11 +8,13 @@ the parent, or on SIGTERM/SIGINT, it stops every process in its group and every 
 first with SIGTERM, then with SIGKILL after a grace period. When the engine exits on its own the guard
 cleans up what the engine left behind and exits with the engine's status.
 
-Usage: python guard.py [--grace SECONDS] -- COMMAND [ARG...]
+Usage: python guard.py [--grace SECONDS] [--cleanup FOLDER] -- COMMAND [ARG...]
+(--cleanup: a folder removed once the tree is gone, e.g. the engine's TMPDIR, also when MLServer was killed)
 """
 
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import time
@@ -69,10 +71,19 @@ def _shutdown(grace: float) -> None:
     _reap()
 
 
+def _remove(folder) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str]) -> int:
-    grace = 10.0
-    if argv[:1] == ["--grace"]:
-        grace, argv = float(argv[1]), argv[2:]
+    grace, cleanup = 10.0, None
+    while argv[:1] in (["--grace"], ["--cleanup"]):
+        if argv[0] == "--grace":
+            grace = float(argv[1])
+        else:
+            cleanup = argv[1]
+        argv = argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
@@ -94,6 +105,7 @@ def main(argv: list[str]) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _shutdown(grace)
+            _remove(cleanup)
             os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -113,6 +125,7 @@ def main(argv: list[str]) -> int:
         if pid == child:
             break
     _shutdown(grace)
+    _remove(cleanup)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 

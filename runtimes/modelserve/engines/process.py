@@ -44,6 +44,7 @@ class EngineProcess:
         name: str,
         argv: Callable[[int], Sequence[str]],
         *,
+        cleanup: Optional[str] = None,
         env: Optional[dict] = None,
         cwd: Optional[str] = None,
         health_path: str = "/health",
@@ -66,6 +67,7 @@ class EngineProcess:
         self._max_backoff = max_backoff
         self._stop_grace = stop_grace
         self._on_failed = on_failed
+        self._cleanup = cleanup
         self.tail: collections.deque[str] = collections.deque(maxlen=log_lines)
 
         self.state = "stopped"  # starting | ready | restarting | failed | stopped
@@ -134,6 +136,8 @@ class EngineProcess:
     # -- internals ---------------------------------------------------------------------------------
     async def _spawn_and_wait(self) -> None:
         self.port = free_port()
+        if self._cleanup:  # the guard removed it when the previous engine ended
+            os.makedirs(self._cleanup, exist_ok=True)
         argv = [str(a) for a in self._argv(self.port)]
         logger.info("model '%s': starting engine: %s", self.name, " ".join(argv))
         env = dict(os.environ)
@@ -143,13 +147,17 @@ class EngineProcess:
         try:
             # Spawned from the event loop's thread: the guard's parent-death signal follows that thread.
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", GUARD, "--grace", str(self._stop_grace), "--", *argv],
+                [sys.executable, "-I", GUARD, "--grace", str(self._stop_grace),
+                 *(["--cleanup", self._cleanup] if self._cleanup else []), "--", *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=self._cwd,
                 env=env,
-                start_new_session=True,
+                # its own process group (what the guard kills), but MLServer's session: with the kernel's
+                # autogroup scheduling a session of its own would let a busy-polling engine starve
+                # MLServer of CPU (measured: MLServer waited for a core 73-92% of the time, c=8 at 0.2x)
+                process_group=0,
             )
         except OSError as exc:
             raise ModelLoadError(self.name, f"cannot start the engine: {exc}") from None

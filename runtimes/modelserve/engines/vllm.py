@@ -103,10 +103,12 @@ class VLLMEngine:
             # removed on stop. Short, under the system's temp root: it also holds ZeroMQ sockets, whose
             # paths may not exceed 107 characters.
             self._tmp = tempfile.mkdtemp(prefix="modelserve-vllm-")
-            env = {"TMPDIR": self._tmp, **env}
+            # torch inductor's compiled kernels and headers (~150 MB on CPU) would be rebuilt in every new
+            # TMPDIR: keep them in the model's working folder, across restarts and reloads
+            env = {"TMPDIR": self._tmp, "TORCHINDUCTOR_CACHE_DIR": str(Path(cwd) / "torchinductor"), **env}
             self.process = EngineProcess(
                 name, lambda port: [*launch(exe, model_path), *serve_args(name, port, adapters, ranks, pooling, args)],
-                env=env, cwd=str(cwd), health_path="/health", start_timeout=start_timeout,
+                env=env, cwd=str(cwd), cleanup=self._tmp, health_path="/health", start_timeout=start_timeout,
                 max_restarts=max_restarts, on_failed=on_failed)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.upstream = OpenAIUpstream(name, self.base_url, self._connection_error, self._check, headers)
