@@ -296,6 +296,9 @@ def test_attaching_to_a_running_engine(tmp_path):
                 time.sleep(0.1)
         assert asyncio.run(run(f"http://127.0.0.1:{port}")) == b"m:hi:256"
         assert proc.poll() is None  # an attached engine is not ours to stop
+        msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}",
+                         adapters=[{"name": "sql", "url": "s3://not/resolved/when/attached"}])
+        assert "does not serve adapter 'sql'" in msg
     finally:
         proc.kill()
     msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}")

@@ -145,7 +145,10 @@ class KubeAIRuntime(EngineLLM, Runtime):
         folder = workdir(self.name, opts.cache_dir)
         write_files(self.name, folder, [(f.path, f.content) for f in opts.files])
         model_path = await self._resolve(self._model_url(), "url") if opts.engine_url is None else None
-        adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
+        if opts.engine_url is None:
+            adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
+        else:  # an attached engine loaded its adapters itself; it must list them (checked on start)
+            adapters = {a.name: Path(a.url) for a in opts.adapters}
         self.adapters = list(adapters)
         self.embedding = Feature.TEXT_EMBEDDING in self.features
         self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit

@@ -144,6 +144,10 @@ class VLLMEngine:
         if self.name not in ids:
             raise ModelLoadError(self.name, f"engine_url {self._url} serves {ids}, not '{self.name}': start it with "
                                             f"--served-model-name {self.name}")
+        missing = [a for a in self.adapters if a not in ids]
+        if missing:
+            raise ModelLoadError(self.name, f"engine_url {self._url} does not serve adapter '{missing[0]}' "
+                                            f"(it serves {ids}): start it with --lora-modules {missing[0]}=<path>")
 
     async def stop(self) -> None:
         await self.upstream.close()
