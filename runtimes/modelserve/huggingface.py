@@ -185,10 +185,6 @@ class HuggingFaceRuntime(TransformersOpenAI, Runtime):
         await self.engine.start()
         self._engine_metadata()
 
-    def _engine_failed(self, reason: str) -> None:
-        self.ready = False
-        logger.error("model '%s' is no longer ready: %s", self.name, reason)
-
     def _load_model(self, path: Path, tokenizer_path: Path) -> None:
         with MODEL_FILE_LOCK:  # models load in parallel threads: one first import of transformers at a time
             import torch

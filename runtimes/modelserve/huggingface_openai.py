@@ -46,8 +46,11 @@ class TransformersOpenAI(EngineLLM):
         if kind == "chat":
             rows = [self._chat_row(body["messages"])]
         else:
-            prompt = body["prompt"]
-            rows = self._encode([prompt] if isinstance(prompt, str) else list(prompt))
+            prompts = [body["prompt"]] if isinstance(body["prompt"], str) else list(body["prompt"])
+            if not all(isinstance(p, str) for p in prompts):
+                raise OpenAIError("token-id prompts are not supported by backend HUGGINGFACE: send text",
+                                  param="prompt")
+            rows = self._encode(prompts)
         if body.get("stream"):
             if len(rows) != 1:
                 raise OpenAIError("streaming takes one prompt per request", param="prompt")
@@ -71,7 +74,7 @@ class TransformersOpenAI(EngineLLM):
             ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
             raise OpenAIError(f"the chat template failed on these messages: {exc}", param="messages") from None
-        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a list, or a BatchEncoding
         if len(ids) > self.model_limit:
             raise OpenAIError(f"the chat is {len(ids)} tokens long; this model takes at most {self.model_limit}",
                               param="messages")

@@ -103,7 +103,7 @@ class KubeAIOptions(RuntimeOptions):
     """The most new tokens any request (V2 or OpenAI) may ask for; more is a 400."""
 
     @model_validator(mode="after")
-    def _features(self):
+    def _unique_adapters(self):
         names = [a.name for a in self.adapters]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -120,7 +120,6 @@ class KubeAIRuntime(EngineLLM, Runtime):
     def __init__(self, settings):
         super().__init__(settings)
         openai.add_routes(self)
-        self.engine = None
 
     # -- loading -----------------------------------------------------------------------------------
     async def _load(self) -> None:
@@ -144,11 +143,11 @@ class KubeAIRuntime(EngineLLM, Runtime):
 
         folder = workdir(self.name, opts.cache_dir)
         write_files(self.name, folder, [(f.path, f.content) for f in opts.files])
-        model_path = await self._resolve(self._model_url(), "url") if opts.engine_url is None else None
         if opts.engine_url is None:
+            model_path = await self._resolve(self._model_url(), "url")
             adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
-        else:  # an attached engine loaded its adapters itself; it must list them (checked on start)
-            adapters = {a.name: Path(a.url) for a in opts.adapters}
+        else:  # an attached engine loaded its model and adapters itself; it must list them (checked on start)
+            model_path, adapters = None, {a.name: Path(a.url) for a in opts.adapters}
         self.adapters = list(adapters)
         self.embedding = Feature.TEXT_EMBEDDING in self.features
         self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
@@ -157,7 +156,7 @@ class KubeAIRuntime(EngineLLM, Runtime):
 
         self.engine = VLLMEngine(
             self.name, model_path, adapters=adapters, args=opts.args, env=opts.env, cwd=folder,
-            pooling=Feature.TEXT_EMBEDDING in self.features, engine_command=opts.engine_command,
+            pooling=self.embedding, engine_command=opts.engine_command,
             engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
             on_failed=self._engine_failed)
         await self.engine.start()
@@ -194,10 +193,6 @@ class KubeAIRuntime(EngineLLM, Runtime):
         if not path.is_dir():
             raise ModelLoadError(self.name, f"{what}: {path} is not a folder (expected a model folder)")
         return path
-
-    def _engine_failed(self, reason: str) -> None:
-        self.ready = False
-        logger.error("model '%s' is no longer ready: %s", self.name, reason)
 
     async def unload(self) -> bool:
         openai.unregister(self)

@@ -21,6 +21,7 @@ from .codecs import encode_array, text_rows
 from .codecs.params import number, sampling_body
 from .engines.openai_http import sse_events
 from .errors import BadRequest, InternalError, one_line
+from .openai import OpenAIError
 from .runtime import request_parameters
 
 logger = logging.getLogger("mlserver.modelserve.llm")
@@ -35,6 +36,11 @@ class EngineLLM:
     embedding: bool = False
     max_tokens: int = 256
     max_tokens_limit: int = 4096
+
+    def _engine_failed(self, reason: str) -> None:
+        """The engine gave up restarting: MLServer's model-ready endpoint says so from now on."""
+        self.ready = False
+        logger.error("model '%s' is no longer ready: %s", self.name, reason)
 
     def _engine_metadata(self) -> None:
         if self.embedding:
@@ -54,8 +60,7 @@ class EngineLLM:
             names = ", ".join(i.name for i in payload.inputs)
             raise BadRequest(f"send one input tensor, got {len(payload.inputs)} ({names})")
         inp = payload.inputs[0]
-        embedding = self.embedding
-        allowed = ("text", "input") if embedding else ("prompt", "text", "messages")
+        allowed = ("text", "input") if self.embedding else ("prompt", "text", "messages")
         if inp.name not in allowed:
             raise BadRequest(f"unknown input '{inp.name}' (this model takes: {', '.join(allowed)})")
         if inp.name == "messages":
@@ -83,8 +88,8 @@ class EngineLLM:
         kind, rows = self._engine_rows(payload)
         wanted = self._engine_wanted(payload)
         params = request_parameters(payload)
+        model_id = self._engine_model_id(params)
         if self.embedding:
-            model_id = self._engine_model_id(params)
             leftover = [k for k in params if k not in ("content_type", "headers")]
             if leftover:
                 raise BadRequest(f"unknown parameter '{leftover[0]}' for embeddings (allowed: adapter)")
@@ -92,7 +97,6 @@ class EngineLLM:
             vectors = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])],
                                dtype=np.float32)
             return self._engine_response(payload, {"embedding": vectors}, wanted)
-        model_id = self._engine_model_id(params)
         body = sampling_body(params, min(self.max_tokens, self.max_tokens_limit),
                              self.max_tokens_limit)
         if kind == "messages":
@@ -188,8 +192,6 @@ def parse_messages(row: int, text: str) -> List[dict]:
 
 def check_openai_body(kind: str, body: dict, cap: int) -> None:
     """What we refuse before the engine sees it: the same rules on every flavour."""
-    from .openai import OpenAIError
-
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:

@@ -322,6 +322,7 @@ def test_openai_embeddings_from_huggingface_equal_its_v2_output(llm_server):
     ({"model": "minilm", "input": ["x"], "encoding_format": "int8"}, "encoding_format must be float or base64"),
     ({"model": "hf-llama", "prompt": "x", "logprobs": 2}, "field 'logprobs' is not supported"),
     ({"model": "hf-llama", "prompt": "x", "n": 2}, "only n=1"),
+    ({"model": "hf-llama", "prompt": [1, 2]}, "token-id prompts are not supported"),
     ({"model": "hf-llama", "prompt": "x", "max_tokens": 5000}, "allowed range"),
 ])
 def test_bad_requests_to_huggingface_models_are_400(llm_server, body, fragment):

@@ -75,55 +75,45 @@ class OpenAIUpstream:
     async def _raise_for(self, resp: aiohttp.ClientResponse) -> None:
         body = await resp.read()
         msg = engine_message(resp.status, body)
-        if resp.status == 404 and "model" in msg.lower():
-            raise EngineError(msg, 404)
         if 400 <= resp.status < 500:
             raise EngineError(msg, resp.status)
         if resp.status == 503:
             raise Unavailable(f"model '{self.model}': engine busy: {msg}", retry_after=1)
         raise InternalError(f"model '{self.model}': engine error {resp.status}: {msg}")
 
-    async def get(self, path: str) -> Any:
-        self._check()
-        try:
-            async with self._client().get(self._base_url() + path) as resp:
-                if resp.status != 200:
-                    await self._raise_for(resp)
-                return await resp.json(content_type=None)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise self._on_connection_error(exc) from None
+    @staticmethod
+    def _payload(body: Optional[dict], raw: Optional[bytes]) -> dict:
+        if raw is not None:
+            return {"data": raw, "headers": _JSON}
+        return {"json": body} if body is not None else {}
 
-    async def post(self, path: str, body: dict) -> Any:
+    async def _call(self, method: str, path: str, body: Optional[dict] = None, raw: Optional[bytes] = None) -> bytes:
+        """The engine's 200 body as bytes; its errors and a broken connection raised as ours."""
         self._check()
         try:
-            async with self._client().post(self._base_url() + path, json=body) as resp:
-                if resp.status != 200:
-                    await self._raise_for(resp)
-                return await resp.json(content_type=None)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise self._on_connection_error(exc) from None
-
-    async def post_raw(self, path: str, raw: bytes) -> bytes:
-        """A JSON body passed through as bytes both ways: the OpenAI routes' proxy path, no re-encoding."""
-        self._check()
-        try:
-            async with self._client().post(self._base_url() + path, data=raw, headers=_JSON) as resp:
+            async with self._client().request(method, self._base_url() + path, **self._payload(body, raw)) as resp:
                 if resp.status != 200:
                     await self._raise_for(resp)
                 return await resp.read()
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
 
+    async def get(self, path: str) -> Any:
+        return json.loads(await self._call("GET", path))
+
+    async def post(self, path: str, body: dict) -> Any:
+        return json.loads(await self._call("POST", path, body))
+
+    async def post_raw(self, path: str, raw: bytes) -> bytes:
+        """A JSON body passed through as bytes both ways: the OpenAI routes' proxy path, no re-encoding."""
+        return await self._call("POST", path, raw=raw)
+
     async def stream(self, path: str, body: dict, raw: Optional[bytes] = None) -> AsyncIterator[bytes]:
         """The engine's SSE response, chunk by chunk as it arrives (errors before the first chunk raise).
         ``raw``, when given, is sent as the body instead of ``body`` re-encoded."""
         self._check()
-        session = self._client()
         try:
-            if raw is not None:
-                resp = await session.post(self._base_url() + path, data=raw, headers=_JSON)
-            else:
-                resp = await session.post(self._base_url() + path, json=body)
+            resp = await self._client().post(self._base_url() + path, **self._payload(body, raw))
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
         if resp.status != 200:

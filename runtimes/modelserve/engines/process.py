@@ -125,12 +125,11 @@ class EngineProcess:
 
     def unavailable(self, exc: BaseException) -> Unavailable:
         """The error for a request whose connection to the engine broke (the engine died mid-request)."""
-        if self.state == "ready" and self._proc is not None and self._proc.poll() is None:
-            return Unavailable(f"model '{self.name}': engine connection failed: {exc}", retry_after=1)
-        try:
-            self.check()
-        except Unavailable as err:
-            return err
+        if self.state != "ready":
+            try:
+                self.check()
+            except Unavailable as err:
+                return err
         return Unavailable(f"model '{self.name}': engine connection failed: {exc}", retry_after=1)
 
     # -- internals ---------------------------------------------------------------------------------
