@@ -34,8 +34,8 @@ def command(model: str, configured: Optional[str]) -> List[str]:
     if not text:
         raise ModelLoadError(
             model, f"the vLLM engine is not installed here: set ${COMMAND_ENV} (or the option engine_command) "
-            "to the `vllm` executable of the environment vLLM is installed in (`bash scripts/dev.sh setup` "
-            "makes .venv-vllm and sets it; the images set it)")
+            "to the `vllm` CLI or the Python of the environment vLLM is installed in (`bash scripts/dev.sh setup` "
+            "makes .venv-vllm and sets it)")
     argv = shlex.split(text)
     exe = argv[0]
     if not (os.path.isabs(exe) and os.access(exe, os.X_OK)) and not shutil.which(exe):
