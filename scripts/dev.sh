@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
-EXTRAS=${MODELSERVE_EXTRAS:-sklearn,mlflow,huggingface,dev}
+EXTRAS=${MODELSERVE_EXTRAS:-sklearn,mlflow,huggingface,whisper,ollama,dev}
 
 setup() {
   [ -x .venv/bin/python ] || "$PY" -m venv .venv

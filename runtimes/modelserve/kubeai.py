@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import AsyncIterator, Dict, List, Optional
 
@@ -35,6 +36,17 @@ DEFAULT_FEATURE = {
 AVAILABLE_ENGINES = (Engine.VLLM,)
 URL_SCHEMES = ("", "file", "hf", "s3", "pvc", "store")
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _env_engine() -> Engine:
+    value = os.environ.get("MODELSERVE_KUBEAI_ENGINE", "").strip()
+    names = ", ".join(e.value for e in Engine)
+    if not value:
+        raise ValueError(f"set option 'engine' (one of: {names}) or $MODELSERVE_KUBEAI_ENGINE")
+    try:
+        return Engine(value)
+    except ValueError:
+        raise ValueError(f"$MODELSERVE_KUBEAI_ENGINE={value!r} is not an engine (one of: {names})") from None
 
 
 class _Strict(BaseModel):
@@ -75,7 +87,9 @@ class Scaling(_Strict):
 
 
 class KubeAIOptions(RuntimeOptions):
-    engine: Engine
+    engine: Engine = Field(default_factory=lambda: _env_engine())
+    """VLLM, OLlama, FasterWhisper or Infinity; default $MODELSERVE_KUBEAI_ENGINE (set by each engine's image,
+    so that a model with only a uri is served with MLSERVER_MODEL_IMPLEMENTATION alone)."""
     features: Optional[List[Feature]] = Field(default=None, min_length=1)
     """Default: TextGeneration for VLLM and OLlama, SpeechToText for FasterWhisper, TextEmbedding for Infinity."""
     url: Optional[str] = None
