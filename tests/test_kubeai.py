@@ -42,6 +42,18 @@ def test_engine_is_required_and_checked(tmp_path):
     assert "option 'engine'" in msg and "VLLM" in msg and "FasterWhisper" in msg
 
 
+def test_engine_defaults_to_the_image_variable(tmp_path, monkeypatch):
+    """Images set MODELSERVE_KUBEAI_ENGINE so that a model with only a uri is served; the option still wins."""
+    monkeypatch.setenv("MODELSERVE_KUBEAI_ENGINE", "Infinity")
+    assert "engine Infinity does not support feature TextGeneration" in load_error(
+        tmp_path, features=["TextGeneration"], url="x")
+    assert "engine VLLM does not support feature SpeechToText" in load_error(
+        tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
+    monkeypatch.setenv("MODELSERVE_KUBEAI_ENGINE", "TensorRT")
+    msg = load_error(tmp_path, url="x")
+    assert "option 'engine'" in msg and "'TensorRT'" in msg and "FasterWhisper" in msg
+
+
 def test_a_feature_the_engine_lacks_is_refused(tmp_path):
     msg = load_error(tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
     assert "engine VLLM does not support feature SpeechToText" in msg
@@ -303,3 +315,22 @@ def test_attaching_to_a_running_engine(tmp_path):
         proc.kill()
     msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}")
     assert f"engine_url http://127.0.0.1:{port}" in msg
+
+
+def test_infinity_command_line_and_its_refusals(tmp_path, model_dir, monkeypatch):
+    from modelserve.engines import infinity
+
+    argv = infinity.serve_args("emb", model_dir, 4321, ["--batch-size", "8"])
+    assert argv[argv.index("--model-id") + 1] == str(model_dir)
+    assert argv[argv.index("--served-model-name") + 1] == "emb" and argv[argv.index("--port") + 1] == "4321"
+    assert argv[argv.index("--url-prefix") + 1] == "/v1" and argv[-2:] == ["--batch-size", "8"]
+    assert "--log-level" not in infinity.serve_args("emb", model_dir, 1, ["--log-level", "info"])[:-2]
+    assert infinity.launch(["/opt/inf/bin/python3"]) == ["/opt/inf/bin/python3", "-m", "infinity_emb.cli", "v2"]
+    assert infinity.launch(["/opt/inf/bin/infinity_emb"]) == ["/opt/inf/bin/infinity_emb", "v2"]
+    monkeypatch.delenv("MODELSERVE_INFINITY_COMMAND", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    msg = load_error(tmp_path, engine="Infinity", url=str(model_dir))
+    assert "the Infinity engine is not installed here: set $MODELSERVE_INFINITY_COMMAND" in msg
+    msg = load_error(tmp_path, engine="Infinity", url=str(model_dir), engine_command="/bin/true",
+                     adapters=[{"name": "a", "url": str(model_dir)}])
+    assert "engine Infinity does not take adapters" in msg

@@ -33,20 +33,9 @@ DEFAULT_FEATURE = {
     Engine.FASTER_WHISPER: Feature.SPEECH_TO_TEXT,
     Engine.INFINITY: Feature.TEXT_EMBEDDING,
 }
-AVAILABLE_ENGINES = (Engine.VLLM,)
+AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY)
 URL_SCHEMES = ("", "file", "hf", "s3", "pvc", "store")
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-def _env_engine() -> Engine:
-    value = os.environ.get("MODELSERVE_KUBEAI_ENGINE", "").strip()
-    names = ", ".join(e.value for e in Engine)
-    if not value:
-        raise ValueError(f"set option 'engine' (one of: {names}) or $MODELSERVE_KUBEAI_ENGINE")
-    try:
-        return Engine(value)
-    except ValueError:
-        raise ValueError(f"$MODELSERVE_KUBEAI_ENGINE={value!r} is not an engine (one of: {names})") from None
 
 
 class _Strict(BaseModel):
@@ -87,7 +76,7 @@ class Scaling(_Strict):
 
 
 class KubeAIOptions(RuntimeOptions):
-    engine: Engine = Field(default_factory=lambda: _env_engine())
+    engine: Engine
     """VLLM, OLlama, FasterWhisper or Infinity; default $MODELSERVE_KUBEAI_ENGINE (set by each engine's image,
     so that a model with only a uri is served with MLSERVER_MODEL_IMPLEMENTATION alone)."""
     features: Optional[List[Feature]] = Field(default=None, min_length=1)
@@ -106,7 +95,8 @@ class KubeAIOptions(RuntimeOptions):
     store_root: Optional[str] = None
     """Where store:// URLs resolve; default $MODELSERVE_STORE_ROOT."""
     engine_command: Optional[str] = None
-    """The engine executable (vLLM: the `vllm` CLI); default $MODELSERVE_VLLM_COMMAND, then PATH."""
+    """The engine executable, or the Python of its environment: default $MODELSERVE_VLLM_COMMAND then `vllm` on
+    PATH (VLLM), $MODELSERVE_INFINITY_COMMAND then `infinity_emb` (Infinity)."""
     engine_url: Optional[str] = Field(default=None, pattern=r"^https?://")
     """Attach to an engine that already runs (started with --served-model-name = this model's name)."""
     start_timeout: float = Field(default=600, gt=0)
@@ -115,6 +105,14 @@ class KubeAIOptions(RuntimeOptions):
     """V2 generation: new tokens when the request does not say (parameter `max_tokens`)."""
     max_tokens_limit: int = Field(default=4096, ge=1)
     """The most new tokens any request (V2 or OpenAI) may ask for; more is a 400."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_from_env(cls, data):
+        env = os.environ.get("MODELSERVE_KUBEAI_ENGINE", "").strip()
+        if isinstance(data, dict) and "engine" not in data and env:
+            data = {**data, "engine": env}
+        return data
 
     @model_validator(mode="after")
     def _unique_adapters(self):
@@ -147,7 +145,7 @@ class KubeAIRuntime(EngineLLM, Runtime):
         if opts.engine not in AVAILABLE_ENGINES:
             raise ModelLoadError(self.name, f"engine {opts.engine.value} is not available in this version of "
                                             f"modelserve (available: {', '.join(e.value for e in AVAILABLE_ENGINES)})")
-        if Feature.TEXT_GENERATION in self.features and Feature.TEXT_EMBEDDING in self.features:
+        if opts.engine == Engine.VLLM and len(self.features) > 1:
             raise ModelLoadError(self.name, "vLLM runs one model either for generation or for embeddings: list "
                                             "TextGeneration or TextEmbedding, not both (serve the model twice for both)")
         if multiprocessing_worker():
@@ -166,13 +164,20 @@ class KubeAIRuntime(EngineLLM, Runtime):
         self.embedding = Feature.TEXT_EMBEDDING in self.features
         self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
 
-        from .engines.vllm import VLLMEngine
+        common = dict(args=opts.args, env=opts.env, cwd=folder, engine_command=opts.engine_command,
+                      engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
+                      on_failed=self._engine_failed)
+        if opts.engine == Engine.INFINITY:
+            from .engines.infinity import InfinityEngine
 
-        self.engine = VLLMEngine(
-            self.name, model_path, adapters=adapters, args=opts.args, env=opts.env, cwd=folder,
-            pooling=self.embedding, engine_command=opts.engine_command,
-            engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
-            on_failed=self._engine_failed)
+            if adapters:
+                raise ModelLoadError(self.name, "engine Infinity does not take adapters (LoRA adapters are for "
+                                                "VLLM and OLlama)")
+            self.engine = InfinityEngine(self.name, model_path, **common)
+        else:
+            from .engines.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=self.embedding, **common)
         await self.engine.start()
         self._engine_metadata()
         openai.register(self)
