@@ -33,7 +33,7 @@ def test_unknown_key_names_it_and_the_known_ones():
     with pytest.raises(ModelLoadError) as exc:
         parse_options(Opts, settings({"dtyp": "HALF"}))
     msg = str(exc.value)
-    assert "unknown option 'dtyp'" in msg and "known options: cache_dir, dtype, n, pvc_root, tasks" in msg
+    assert "unknown option 'dtyp'" in msg and "known options: cache_dir, dtype, n, pvc_root, request_timeout, tasks" in msg
     assert exc.value.status_code == 422
 
 

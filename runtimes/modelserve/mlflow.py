@@ -7,7 +7,7 @@ import json
 import logging
 from io import StringIO
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
@@ -163,14 +163,34 @@ def _load_pyfunc(name: str, path: Path):
     import yaml
 
     try:
-        yaml.safe_load((path / "MLmodel").read_text())
+        mlmodel = yaml.safe_load((path / "MLmodel").read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or one_line(exc)
         raise ModelLoadError(name, f"{path / 'MLmodel'} is not valid YAML: {problem}{where}") from None
+    pickled = pickled_flavors(mlmodel)
+    if pickled:
+        logger.warning("model '%s': %s is loaded with pickle (%s): that runs any code the files hold, so serve "
+                       "only models you trust; skops (mlflow.sklearn.save_model(..., serialization_format="
+                       "\"skops\"), mlflow 3's default) loads without running code", name, path, ", ".join(pickled))
     with MODEL_FILE_LOCK:
         return mlflow.pyfunc.load_model(str(path))
+
+
+def pickled_flavors(mlmodel: Any) -> List[str]:
+    """The flavours of an MLmodel that load their files with (cloud)pickle."""
+    flavors = mlmodel.get("flavors") if isinstance(mlmodel, dict) else None
+    found: List[str] = []
+    for flavor, conf in (flavors.items() if isinstance(flavors, dict) else ()):
+        if not isinstance(conf, dict):
+            continue
+        fmt = str(conf.get("serialization_format") or "")
+        if fmt in ("pickle", "cloudpickle"):
+            found.append(f"{flavor}: {fmt}")
+        elif flavor == "python_function" and str(conf.get("python_model") or "").endswith((".pkl", ".pickle")):
+            found.append(f"{flavor}: cloudpickled python_model")
+    return found
 
 
 def _mlflow_reason(exc: Exception) -> str:

@@ -6,7 +6,7 @@ import enum
 from typing import Optional, Type, TypeVar
 
 from mlserver.settings import ModelSettings
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ModelLoadError
 
@@ -72,6 +72,9 @@ class RuntimeOptions(BaseModel):
     """Where remote models (s3://) are downloaded; default $MODELSERVE_CACHE_DIR or ~/.cache/modelserve."""
     pvc_root: Optional[str] = None
     """Mount root for pvc://name/path; default $MODELSERVE_PVC_ROOT or /mnt/pvc (KServe's mount point)."""
+    request_timeout: Optional[float] = Field(default=None, gt=0)
+    """Seconds one request may run; past it the request is a 504 and its awaited work is cancelled
+    (an engine's HTTP request is closed; a call already running in a thread cannot be interrupted)."""
 
 
 O = TypeVar("O", bound=RuntimeOptions)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
 import threading
-from typing import Any, ClassVar, Type
+from typing import Any, Awaitable, ClassVar, Type, TypeVar
 
 from fastapi import Depends, Request
 from mlserver import MLModel
@@ -16,10 +17,11 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse
 
 from .codecs import v1_request_to_v2, v2_response_to_v1
-from .errors import BadRequest, InternalError, ModelLoadError, one_line
+from .errors import BadRequest, InternalError, ModelLoadError, RequestTimeout, one_line
 from .options import RuntimeOptions, parse_options
 
 logger = logging.getLogger("mlserver.modelserve")
+T = TypeVar("T")
 
 MODEL_FILE_LOCK = threading.Lock()
 """Held while a model file is deserialised. MLServer loads models concurrently, and unpickling in
@@ -88,7 +90,7 @@ class Runtime(MLModel):
         else:
 
             async def handler(body: bytes = Depends(_raw_body)) -> Any:  # type: ignore[misc]
-                return await target(parse_json(body))
+                return await self.within_timeout(target(parse_json(body)))
 
         handler.__name__ = attr
         register_custom_handler(CustomHandler(rest_path=path, rest_method=method), handler)
@@ -113,7 +115,7 @@ class Runtime(MLModel):
     # -- inference ---------------------------------------------------------------------------------
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         try:
-            return await self._predict(payload)
+            return await self.within_timeout(self._predict(payload))
         except MLServerError:
             raise
         except Exception as exc:
@@ -122,6 +124,26 @@ class Runtime(MLModel):
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         raise NotImplementedError
+
+    async def within_timeout(self, call: Awaitable[T]) -> T:
+        """``call`` under the ``request_timeout`` option: past it, a 504, and ``call`` is cancelled.
+
+        Cancelling reaches whatever the request awaits (an engine's HTTP request is closed); work
+        already handed to a thread runs to its end and its result is dropped. A timeout raised inside
+        ``call`` itself (an engine client's own) is not ours and passes unchanged.
+        """
+        limit = getattr(getattr(self, "options", None), "request_timeout", None)
+        if not limit:  # unset, or the never-loaded main-process copy under parallel workers (its worker times)
+            return await call
+        scope = asyncio.timeout(limit)
+        try:
+            async with scope:
+                return await call
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise RequestTimeout(f"model '{self.name}': the request ran past request_timeout "
+                                 f"({limit:g} s) and was cancelled") from None
 
     def v1_input_name(self) -> str:
         inputs = self.inputs or []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
@@ -19,6 +20,9 @@ from .options import RuntimeOptions, _CaseInsensitiveEnum
 from .runtime import MODEL_FILE_LOCK, Runtime
 
 WELLKNOWN = ("model.joblib", "model.pkl", "model.pickle", "model.skops")
+PICKLE_WARNING = ("model '%s': %s is a pickle (joblib/pickle): loading it runs any code the file holds, so "
+                  "serve only files you trust; skops (skops.io.dump to model.skops) loads without running code")
+logger = logging.getLogger("mlserver.modelserve.sklearn")
 
 
 class Method(_CaseInsensitiveEnum):
@@ -74,6 +78,8 @@ class SKLearnRuntime(Runtime):
         path = await asyncio.to_thread(storage.resolve, self.settings, WELLKNOWN, opts.cache_dir, opts.pvc_root)
         if path.is_dir():
             raise ModelLoadError(self.name, f"no model file in {path} (looked for {', '.join(WELLKNOWN)})")
+        if path.suffix != ".skops":
+            logger.warning(PICKLE_WARNING, self.name, path.name)
         try:
             model = await asyncio.to_thread(_load_estimator, path, opts.skops_trusted_types)
         except Exception as exc:
