@@ -1,12 +1,15 @@
 """Deployment artefacts: docker/, servingruntimes/ and `python -m modelserve.deploy render` agree.
 
-- every Dockerfile is hadolint clean and follows the image contract (non-root, the runtime's class in
-  MLSERVER_MODEL_IMPLEMENTATION, ModelMesh's environment, a HEALTHCHECK on /v2/health/ready, mlserver start);
+- every Dockerfile is hadolint clean and follows the image contract (slim or CUDA base, non-root, the
+  runtime's class in MLSERVER_MODEL_IMPLEMENTATION and KubeAI's engine in MODELSERVE_KUBEAI_ENGINE,
+  ModelMesh's environment, installs only from pinned requirement files, its own .dockerignore, a
+  HEALTHCHECK on /v2/health/ready, mlserver start);
 - every YAML validates: KServe objects against the vendored CRDs (tests/kserve-crds/, the served version's
   openAPIV3Schema, unknown fields refused), core objects and containers with kubernetes-validate;
 - docker/, servingruntimes/, settings/ and modelserve.deploy.RUNTIMES name the same runtimes, importable
   classes, and ports and MLSERVER_* variables that MLServer's own settings read the way the YAML means;
-- the render command maps model-settings.json and scaling options onto valid InferenceServices.
+- the render command maps model-settings.json, KubeAI's engine, url, scaling and processors onto valid
+  InferenceServices.
 
 tests/server/test_images.py runs each image's install steps in a fresh venv and serves a model with them.
 """
@@ -25,12 +28,14 @@ import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from modelserve import deploy
 from modelserve.deploy import RUNTIMES, RenderError, render
@@ -56,6 +61,36 @@ class Dockerfile:
         found = self.all(name)
         assert len(found) == 1, f"{self.path}: {len(found)} {name} instructions"
         return found[0]
+
+    @property
+    def base(self) -> str:
+        """The final stage's image (earlier stages only lend files through COPY --from)."""
+        return self.all("FROM")[-1].split()[0]
+
+    def context_copies(self) -> List[Tuple[List[str], str]]:
+        """(sources, destination) of each COPY from the build context (not --from another stage)."""
+        out = []
+        for args in self.all("COPY"):
+            if not args.startswith("--from="):
+                *srcs, dest = [w for w in shlex.split(args) if not w.startswith("--")]
+                out.append((srcs, dest))
+        return out
+
+    def pip_steps(self) -> List[Tuple[Optional[str], str]]:
+        """(venv or None for the image's main environment, requirement file) of each `pip install -r` RUN."""
+        out = []
+        for args in self.all("RUN"):
+            m = PIP_STEP.fullmatch(args)
+            if m:
+                out.append((m.group(1), m.group(2)))
+        return out
+
+
+# the only form a Dockerfile may install with: tests/server/test_images.py replays exactly these steps
+PIP_STEP = re.compile(r"(?:(/opt/[a-z]+)/bin/)?pip install --no-cache-dir -r (docker/[a-z]+/[a-z-]+\.txt)")
+# CUDA bases: runtime flavour with cuDNN (CTranslate2 and torch's cuDNN paths), one CUDA for every image
+CUDA_BASE = re.compile(r"nvidia/cuda:12\.8\.\d+-cudnn-runtime-ubuntu\d+\.\d+")
+SLIM_BASE = re.compile(r"python:3\.\d+(\.\d+)?-slim(-\w+)?")
 
 
 def parse_env(args: str) -> Dict[str, str]:
@@ -171,6 +206,19 @@ def port_of(endpoint: str) -> int:
 
 
 # -- MLServer's own settings --------------------------------------------------------------------------------
+CUDA_IMAGES = {key for key, rt in RUNTIMES.items() if rt.gpu and key != "ollama"}
+CUDA_TORCH = "torch-cuda.txt"  # docker/<key>/torch-cuda.txt: the CUDA build of torch, installed first
+
+
+@lru_cache(maxsize=None)
+def modelserve_env_names() -> frozenset:
+    """Every MODELSERVE_* name the package's source reads (the images may set only these)."""
+    names = set()
+    for path in (ROOT / "runtimes" / "modelserve").rglob("*.py"):
+        names |= set(re.findall(r"MODELSERVE_[A-Z_]+[A-Z]", path.read_text()))
+    return frozenset(names)
+
+
 def mlserver_env_names() -> set:
     """Every MLSERVER_* variable MLServer's settings read, plus MLSERVER_MODELS_DIR (the images' CMD)."""
     from mlserver.settings import ModelParameters, ModelSettings, Settings
@@ -204,6 +252,7 @@ def test_every_runtime_has_its_image_serving_runtimes_and_examples():
     isvcs = inference_services()
     for key, rt in RUNTIMES.items():
         assert (DOCKER / key / "requirements.txt").is_file()
+        assert (DOCKER / key / "Dockerfile.dockerignore").is_file()
         assert (MANIFESTS / f"{key}.yaml").is_file() and (MANIFESTS / f"{key}-modelmesh.yaml").is_file()
         assert rt.serving_runtime in named and rt.modelmesh_runtime in named
         assert named[rt.modelmesh_runtime]["spec"].get("multiModel") is True
@@ -211,8 +260,10 @@ def test_every_runtime_has_its_image_serving_runtimes_and_examples():
         mine = [o for _, o in isvcs if o["spec"]["predictor"]["model"]["runtime"] == rt.serving_runtime]
         modes = {o["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] for o in mine}
         assert {"Serverless", "RawDeployment"} <= modes, (key, modes)
-        schemes = {o["spec"]["predictor"]["model"]["storageUri"].split("://")[0] for o in mine}
+        schemes = {o["spec"]["predictor"]["model"].get("storageUri", "").split("://")[0] for o in mine}
         assert {"s3", "pvc"} <= schemes, (key, schemes)
+        if key == "huggingface":
+            assert "hf" in schemes, schemes
         assert any(o["spec"]["predictor"]["model"]["runtime"] == rt.modelmesh_runtime for _, o in isvcs)
     # and nothing in servingruntimes/ that RUNTIMES does not know
     assert set(named) == {n for rt in RUNTIMES.values() for n in (rt.serving_runtime, rt.modelmesh_runtime)}
@@ -231,8 +282,10 @@ def test_dockerfile_is_hadolint_clean(key):
 def test_dockerfile_follows_the_image_contract(key, monkeypatch):
     df = dockerfile(key)
     rt = RUNTIMES[key]
-    # slim CPU base, non-root numeric user as the last USER
-    assert re.fullmatch(r"python:3\.\d+(\.\d+)?-slim(-\w+)?", df.one("FROM")), df.one("FROM")
+    # CUDA base for the images whose Python libraries need CUDA's (torch, CTranslate2), else slim; ollama's
+    # runners bundle their CUDA libraries. Non-root numeric user as the last USER.
+    base = CUDA_BASE if key in CUDA_IMAGES else SLIM_BASE
+    assert base.fullmatch(df.base), df.base
     assert df.all("USER")[-1].isdigit() and df.all("USER")[-1] != "0"
     # the class, ModelMesh's template environment
     assert df.env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
@@ -241,17 +294,42 @@ def test_dockerfile_follows_the_image_contract(key, monkeypatch):
                  "MLSERVER_LOAD_MODELS_AT_STARTUP", "MLSERVER_MODEL_NAME"):
         assert df.env[name] == mm[name], (name, df.env[name], mm[name])
     assert {n for n in df.env if n.startswith("MLSERVER_")} <= mlserver_env_names()
+    assert {n for n in df.env if n.startswith("MODELSERVE_")} <= modelserve_env_names()
     settings, model = mlserver_settings(df.env, monkeypatch)
     assert (settings.http_port, settings.grpc_port, settings.load_models_at_startup) == (8002, 8001, False)
     assert model.implementation.__module__ + "." + model.implementation.__name__ == rt.implementation
-    # the installs are the requirement file (tests/server/test_images.py runs the same steps)
+    # KubeAI images: the engine, models in MLServer's process, the engine's own environment where it has one
+    assert df.env.get("MODELSERVE_KUBEAI_ENGINE") == rt.engine
+    if rt.engine:
+        from modelserve.options import Engine
+
+        assert Engine(rt.engine).value == rt.engine and settings.parallel_workers == 0
+    steps = df.pip_steps()
+    venvs = {venv for venv, _ in steps if venv}
+    if rt.engine_env:
+        name, path = rt.engine_env
+        assert df.env[name] == path
+        (venv,) = venvs
+        assert path.startswith(venv + "/bin/") and f"python3 -m venv {venv}" in df.all("RUN")
+    else:
+        assert not venvs
+    # the installs are requirement files (tests/server/test_images.py runs the same steps): the main one
+    # last in the main environment, before it at most the CUDA torch build
     runs = df.all("RUN")
-    pip_runs = [r for r in runs if r.startswith("pip install")]
-    assert pip_runs == [f"pip install --no-cache-dir -r docker/{key}/requirements.txt"], pip_runs
-    assert not any("pip" in r for r in runs if r not in pip_runs)
-    for copy_args in df.all("COPY"):
-        for src in [w for w in shlex.split(copy_args) if not w.startswith("--")][:-1]:
+    assert len(steps) == len([r for r in runs if "pip" in r]), runs
+    main = [f for venv, f in steps if venv is None]
+    assert main[-1] == f"docker/{key}/requirements.txt", main
+    assert main[:-1] == ([f"docker/{key}/{CUDA_TORCH}"] if key == "huggingface" else []), main
+    for _, req in steps:
+        assert (ROOT / req).is_file(), req
+    for srcs, _ in df.context_copies():
+        for src in srcs:
             assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
+    for args in df.all("COPY"):  # files from another image come from a named, version-pinned stage
+        if args.startswith("--from="):
+            stage = args.split()[0].split("=", 1)[1]
+            (image,) = [f.split()[0] for f in df.all("FROM") if f.split()[-1] == stage and " AS " in f.upper()]
+            assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", image), image
     # HEALTHCHECK on MLServer's ready endpoint, at the port MLServer listens on
     health = df.one("HEALTHCHECK")
     assert "/v2/health/ready" in health and "MLSERVER_HTTP_PORT" in health
@@ -261,46 +339,74 @@ def test_dockerfile_follows_the_image_contract(key, monkeypatch):
 
 @pytest.mark.parametrize("key", image_keys())
 def test_image_requirements_pin_what_pyproject_pins(key):
-    from packaging.requirements import Requirement
-
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [ln.split("#")[0].strip() for ln in (DOCKER / key / "requirements.txt").read_text().splitlines()]
-    reqs = [r for r in reqs if r]
+    reqs = requirement_lines(DOCKER / key / "requirements.txt")
     assert "-c ../constraints.txt" in reqs
     assert f".[{key}]" in reqs and key in project["optional-dependencies"]
-    pins = {}
-    for line in (DOCKER / "constraints.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"constraints.txt: {line} is not an exact pin"
-            pins[req.name.lower()] = spec.version
-    assert "torch" not in pins
+    pins = exact_pins(requirement_lines(DOCKER / "constraints.txt"))
     for line in reqs:  # anything else the image's requirements add is pinned too
         if not line.startswith(("-", ".")):
-            assert Requirement(line).name.lower() in pins, f"{line} is not pinned in docker/constraints.txt"
+            assert canonicalize_name(Requirement(line).name) in pins, f"{line} is not pinned in docker/constraints.txt"
     # every pyproject requirement of the image's install is pinned, within pyproject's range
     wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"][key]]
     for req in wanted:
-        name = req.name.lower()
+        name = canonicalize_name(req.name)
         assert name in pins, f"{name} is not pinned in docker/constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (name, pins[name], str(req.specifier))
+    # the other steps: CUDA torch at the constrained version, engines in their own environments exactly pinned
+    for venv, req in dockerfile(key).pip_steps():
+        lines = requirement_lines(ROOT / req)
+        if req.endswith("/" + CUDA_TORCH):
+            assert re.fullmatch(r"--index-url https://download\.pytorch\.org/whl/cu128", lines[0]), lines
+            assert exact_pins(lines[1:]) == {"torch": pins["torch"]}, lines
+        elif venv:
+            engine_pins = exact_pins(lines)
+            assert all(not ln.startswith("-") for ln in lines), lines  # nothing of MLServer's environment
+            assert engine_pins and "mlserver" not in engine_pins, lines
+
+
+def requirement_lines(path: Path) -> List[str]:
+    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
+    return [ln for ln in lines if ln]
+
+
+def exact_pins(lines: List[str]) -> Dict[str, str]:
+    """name -> version of `name[extras]==version` lines (others skipped); any other specifier fails."""
+    pins = {}
+    for line in lines:
+        if line.startswith(("-", ".")):
+            continue
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==", f"{line} is not an exact pin"
+        pins[canonicalize_name(req.name)] = spec.version
+    return pins
 
 
 def test_dockerignore_keeps_the_context_to_what_the_images_copy():
+    """The root .dockerignore (classic builder) keeps every image's sources; each image's own
+    docker/<key>/Dockerfile.dockerignore (BuildKit reads it first) keeps exactly what that image copies."""
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("*")] == "*"
     for key in image_keys():
-        for copy_args in dockerfile(key).all("COPY"):
-            for src in [w for w in shlex.split(copy_args) if not w.startswith("--")][:-1]:
+        for srcs, _ in dockerfile(key).context_copies():
+            for src in srcs:
                 top = src.split("/")[0]
                 assert f"!{top}" in lines or f"!{top}/" in lines, f"COPY {src} is excluded by .dockerignore"
     assert "**/__pycache__" in lines
+    for key in image_keys():
+        own = requirement_lines(DOCKER / key / "Dockerfile.dockerignore")
+        assert own[0] == "*", own
+        kept = {ln[1:].rstrip("/") for ln in own if ln.startswith("!")}
+        copied = {src.rstrip("/") for srcs, _ in dockerfile(key).context_copies() for src in srcs}
+        # each COPY source kept by itself or by a kept folder above it, and nothing kept that is not copied
+        assert all(any(c == k or c.startswith(k + "/") for k in kept) for c in copied), (key, copied, kept)
+        assert all(any(c == k or c.startswith(k + "/") for c in copied) for k in kept), (key, copied, kept)
+        assert {"**/__pycache__", "**/*.pyc"} <= set(own)
 
 
 # ============================================================================================================
@@ -344,8 +450,9 @@ def test_kserve_serving_runtime_agrees_with_mlserver(key, monkeypatch):
     (c,) = spec["containers"]
     assert c["name"] == "kserve-container"  # the name KServe merges the predictor's model spec into
     assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert_engine_and_gpu(rt, c)
     env = env_of(c)
-    assert set(env) <= mlserver_env_names(), set(env) - mlserver_env_names()
+    assert set(env) <= mlserver_env_names() | modelserve_env_names(), set(env) - mlserver_env_names()
     # what KServe gives the container: the model under /mnt/models, the InferenceService's name
     assert env["MLSERVER_MODEL_URI"] == "/mnt/models" == env["MLSERVER_MODELS_DIR"]
     assert env["MLSERVER_MODEL_NAME"] == "{{.Name}}"
@@ -371,8 +478,9 @@ def test_modelmesh_serving_runtime_agrees_with_mlserver(key, monkeypatch):
     adapter = spec["builtInAdapter"]
     assert adapter["serverType"] == "mlserver"
     (c,) = spec["containers"]
+    assert_engine_and_gpu(rt, c)
     env = env_of(c)
-    assert set(env) <= mlserver_env_names(), set(env) - mlserver_env_names()
+    assert set(env) <= mlserver_env_names() | modelserve_env_names(), set(env) - mlserver_env_names()
     assert env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
     settings, model = mlserver_settings({**dockerfile(key).env, **env}, monkeypatch)
     # the adapter talks to MLServer's gRPC port; MLServer's HTTP port must leave 8080 to Litelinks
@@ -383,6 +491,16 @@ def test_modelmesh_serving_runtime_agrees_with_mlserver(key, monkeypatch):
     assert model.name == "dummy-model"
     assert {"name": rt.model_format[0], "version": rt.model_format[1]} in [
         {"name": f["name"], "version": f.get("version")} for f in spec["supportedModelFormats"]]
+
+
+def assert_engine_and_gpu(rt, container: dict) -> None:
+    """KubeAI runtimes repeat their image's engine and in-process loading; GPU images ask for a GPU."""
+    env = env_of(container)
+    assert env.get("MODELSERVE_KUBEAI_ENGINE") == rt.engine
+    if rt.engine:
+        assert env["MLSERVER_PARALLEL_WORKERS"] == "0"
+    limits = container["resources"]["limits"]
+    assert (limits.get("nvidia.com/gpu") == "1") == rt.gpu, limits
 
 
 def test_examples_ask_for_a_format_their_runtime_supports():
@@ -398,22 +516,30 @@ def test_examples_ask_for_a_format_their_runtime_supports():
 
 
 def test_settings_folder_names_known_runtimes():
-    """settings/*/model-settings.json and RUNTIMES name importable MLModel classes; every class in
-    settings/ has an image and ServingRuntimes, or is listed in modelserve.deploy.PLANNED (later issues)."""
+    """settings/*/model-settings.json and RUNTIMES name importable MLModel classes; every model in settings/
+    has an image and ServingRuntimes (KubeAI: the image of its engine)."""
     from mlserver import MLModel
 
     implementations = {rt.implementation for rt in RUNTIMES.values()}
     found = sorted((ROOT / "settings").glob("*/model-settings.json"))
     assert found
-    named = set(implementations)
     for path in found:
-        impl = json.loads(path.read_text())["implementation"]
-        assert impl in implementations or impl in deploy.PLANNED, f"{path}: {impl} has no image"
-        named.add(impl)
-    for impl in sorted(named):
+        settings = json.loads(path.read_text())
+        impl = settings["implementation"]
+        assert impl in implementations, f"{path}: {impl} has no image"
+        rt = deploy.runtime_for(impl, None, (settings.get("parameters") or {}).get("extra", {}).get("engine"))
+        assert rt.serving_runtime in runtimes_by_name()
+    for impl in sorted(implementations):
         module, _, cls = impl.rpartition(".")
         assert issubclass(getattr(importlib.import_module(module), cls), MLModel), impl
-    assert not implementations & set(deploy.PLANNED)
+
+
+def test_every_engine_has_one_image():
+    from modelserve.options import Engine
+
+    engines = [rt.engine for rt in RUNTIMES.values() if rt.engine]
+    assert sorted(engines) == sorted(e.value for e in Engine)
+    assert {rt.implementation for rt in RUNTIMES.values() if rt.engine} == {deploy.KUBEAI}
 
 
 # ============================================================================================================
@@ -452,9 +578,7 @@ def test_render_env_reaches_the_runtime_options(monkeypatch):
 
 
 def deployable_settings() -> List[Path]:
-    impls = {rt.implementation for rt in RUNTIMES.values()}
-    return [p for p in sorted((ROOT / "settings").glob("*/model-settings.json"))
-            if json.loads(p.read_text()).get("implementation") in impls]
+    return sorted((ROOT / "settings").glob("*/model-settings.json"))
 
 
 @pytest.mark.parametrize("settings_file", deployable_settings(), ids=lambda p: p.parent.name)
@@ -463,7 +587,7 @@ def test_render_every_settings_folder_every_mode(settings_file, mode):
     settings = json.loads(settings_file.read_text())
     isvc = render(settings, storage_uri=f"pvc://models/{settings['name']}", mode=mode)
     validate(isvc)
-    rt = deploy.runtime_for(settings["implementation"], None)
+    rt = deploy.runtime_for(settings["implementation"], None, settings["parameters"].get("extra", {}).get("engine"))
     runtime = isvc["spec"]["predictor"]["model"]["runtime"]
     assert runtime == (rt.modelmesh_runtime if mode == "ModelMesh" else rt.serving_runtime)
     assert runtime in runtimes_by_name()
@@ -498,7 +622,11 @@ def test_render_scaling_from_model_settings_extra_and_flags_win():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"storage_uri": None}, "local to this machine"),
+    ({"storage_uri": None}, "not one KServe can fetch"),
+    ({"storage_uri": "store://models/iris"}, "not one KServe can fetch"),
+    ({"processors": "nvidia-gpu-l4"}, "<profile>:<count>"),
+    ({"processors": "quantum-qpu:1"}, "profile 'quantum-qpu' is unknown"),
+    ({"mode": "ModelMesh", "processors": "nvidia-gpu-l4:1"}, "processors do not apply to ModelMesh"),
     ({"mode": "Knative"}, "unknown mode"),
     ({"runtime": "torch"}, "unknown runtime"),
     ({"scaling": {"replica": 2}}, "unknown scaling option"),
@@ -521,8 +649,89 @@ def test_render_refuses_names_and_classes_it_cannot_deploy():
         render({**SETTINGS, "name": "Iris_Model"}, storage_uri="s3://m/x")
     with pytest.raises(RenderError, match="has no modelserve image"):
         render({**SETTINGS, "implementation": "mlserver_sklearn.SKLearnModel"}, storage_uri="s3://m/x")
-    with pytest.raises(RenderError, match="no image or ServingRuntime yet"):
-        render({**SETTINGS, "implementation": deploy.PLANNED[0]}, storage_uri="s3://m/x")
+    kubeai = {"name": "chat", "implementation": deploy.KUBEAI, "parameters": {"extra": {"url": "hf://org/m"}}}
+    with pytest.raises(RenderError, match="one image per engine: set parameters.extra.engine"):
+        render(kubeai)
+    with pytest.raises(RenderError, match="engine 'TGI' has no modelserve image"):
+        render({**kubeai, "parameters": {"extra": {"engine": "TGI", "url": "hf://org/m"}}})
+    with pytest.raises(RenderError, match="for engine OLlama, not VLLM"):
+        render({**kubeai, "parameters": {"extra": {"engine": "VLLM", "url": "ollama://qwen2.5:0.5b"}}})
+
+
+# -- KubeAI models ----------------------------------------------------------------------------------------
+def kubeai_settings(engine: str, **extra) -> dict:
+    return {"name": "chat", "implementation": deploy.KUBEAI, "parallel_workers": 0,
+            "parameters": {"extra": {"engine": engine, **extra}}}
+
+
+@pytest.mark.parametrize("key", sorted(k for k, rt in RUNTIMES.items() if rt.engine))
+def test_render_kubeai_picks_the_engines_image_and_fetches_its_url(key, monkeypatch):
+    rt = RUNTIMES[key]
+    settings = kubeai_settings(rt.engine.lower(), url="hf://org/model@main", args=["--x"], processors="nvidia-gpu-l4:1",
+                               scaling={"min_replicas": 0, "max_replicas": 3, "scale_down_delay_seconds": 600})
+    isvc = render(settings)
+    validate(isvc)
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["runtime"] == rt.serving_runtime and model["modelFormat"]["name"] == rt.model_format[0]
+    assert model["storageUri"] == "hf://org/model@main"  # KServe fetches it to /mnt/models...
+    env = model_env(isvc)
+    extra = json.loads(env["MLSERVER_MODEL_EXTRA"])
+    assert extra == {"engine": rt.engine.lower(), "args": ["--x"]}  # ...so the url is not the runtime's any more
+    assert env["MODELSERVE_KUBEAI_ENGINE"] == rt.engine and env["MLSERVER_MODEL_PARALLEL_WORKERS"] == "0"
+    assert model["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (0, 3)
+    assert isvc["metadata"]["annotations"]["autoscaling.knative.dev/scale-down-delay"] == "600s"
+    # with the ServingRuntime's env, the runtime's options parse and the model is /mnt/models
+    from modelserve.kubeai import KubeAIOptions
+    from modelserve.options import parse_options
+
+    sr = env_of(runtimes_by_name()[rt.serving_runtime]["spec"]["containers"][0])
+    _, ms = mlserver_settings({**sr, **{k: v for k, v in env.items() if k.startswith("MLSERVER_")},
+                               "MLSERVER_MODEL_NAME": "chat"}, monkeypatch)
+    monkeypatch.setenv("MODELSERVE_KUBEAI_ENGINE", env["MODELSERVE_KUBEAI_ENGINE"])
+    opts = parse_options(KubeAIOptions, ms)
+    assert opts.engine.value == rt.engine and opts.url is None and ms.parameters.uri == "/mnt/models"
+
+
+def test_render_kubeai_storage_uri_replaces_a_local_url():
+    isvc = render(kubeai_settings("VLLM", url="./model", max_tokens=8), storage_uri="pvc://models/llama",
+                  mode="RawDeployment", scaling={"replicas": 1, "autoscaling_disabled": True})
+    validate(isvc)
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "pvc://models/llama"
+    assert json.loads(model_env(isvc)["MLSERVER_MODEL_EXTRA"]) == {"engine": "VLLM", "max_tokens": 8}
+    with pytest.raises(RenderError, match="not one KServe can fetch"):
+        render(kubeai_settings("VLLM", url="./model"))
+
+
+def test_render_ollama_pulls_its_own_models():
+    isvc = render(kubeai_settings("OLlama", url="ollama://qwen2.5:0.5b"), mode="RawDeployment")
+    validate(isvc)
+    model = isvc["spec"]["predictor"]["model"]
+    assert "storageUri" not in model and model["runtime"] == "modelserve-ollama"
+    assert json.loads(model_env(isvc)["MLSERVER_MODEL_EXTRA"])["url"] == "ollama://qwen2.5:0.5b"
+
+
+@pytest.mark.parametrize("processors,resources", [
+    ("nvidia-gpu-l4:1", {"limits": {"nvidia.com/gpu": "1"}}),
+    ("nvidia-gpu-h100:8", {"limits": {"nvidia.com/gpu": "8"}}),
+    ("amd-gpu-mi300x:2", {"limits": {"amd.com/gpu": "2"}}),
+    ("google-tpu-v5e-2x2:4", {"limits": {"google.com/tpu": "4"}}),
+    ("cpu:3", {"requests": {"cpu": "3"}, "limits": {"cpu": "3"}}),
+])
+def test_render_processors_become_resources(processors, resources):
+    isvc = render(kubeai_settings("VLLM", url="s3://m/llama"), processors=processors)
+    validate(isvc)
+    assert isvc["spec"]["predictor"]["model"]["resources"] == resources
+
+
+def test_render_modelmesh_keeps_the_engine_to_its_runtime(capsys):
+    isvc = render(kubeai_settings("Infinity", url="s3://m/bge"), mode="ModelMesh")
+    validate(isvc)
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == "modelserve-infinity-modelmesh" and "env" not in model
+    err = capsys.readouterr().err
+    assert "MLSERVER_MODEL_EXTRA" in err and "MODELSERVE_KUBEAI_ENGINE" not in err
 
 
 def test_render_command_line(tmp_path):
@@ -534,13 +743,15 @@ def test_render_command_line(tmp_path):
             "heavy = sorted(m for m in ('mlserver', 'numpy', 'modelserve.sklearn', 'modelserve.runtime') "
             "if m in sys.modules); assert not heavy, heavy; sys.exit(rc)")
     args = ["render", str(settings), "--storage-uri", "s3://models/iris", "--mode", "RawDeployment",
-            "--replicas", "2", "--autoscaling-disabled", "--runtime-name", "my-runtime", "-o", str(out)]
+            "--replicas", "2", "--autoscaling-disabled", "--runtime-name", "my-runtime", "--processors",
+            "nvidia-gpu-l4:1", "-o", str(out)]
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     (isvc,) = load_all(out)
     validate(isvc)
     assert isvc["spec"]["predictor"]["model"]["runtime"] == "my-runtime"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "none"
+    assert isvc["spec"]["predictor"]["model"]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     # the module entry point, stdout, and a refusal: exit 2 and one line
     proc = subprocess.run([sys.executable, "-m", "modelserve.deploy", "render", str(settings),
                            "--storage-uri", "s3://models/iris"], capture_output=True, text=True, timeout=60)

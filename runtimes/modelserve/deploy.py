@@ -2,14 +2,17 @@
 
     python -m modelserve.deploy render <model-settings.json> [--storage-uri URI] [--runtime-name NAME]
         [--mode Serverless|RawDeployment|ModelMesh] [--replicas N] [--min-replicas N] [--max-replicas N]
-        [--autoscaling-disabled] [--target-request N] [--scale-down-delay-seconds N] [-o FILE]
+        [--autoscaling-disabled] [--target-request N] [--scale-down-delay-seconds N]
+        [--processors PROFILE:COUNT] [-o FILE]
 
-prints a KServe ``InferenceService`` for the model. Import-light on purpose: no runtime, MLServer or
-numpy import, and PyYAML only when present (without it the output is JSON, which is YAML too).
+prints a KServe ``InferenceService`` for the model. KubeAI models pick their image by ``engine`` (one
+ServingRuntime per engine), their ``url`` becomes the ``storageUri`` and ``processors`` the GPU limits.
+Import-light on purpose: no runtime, MLServer or numpy import, and PyYAML only when present (without it
+the output is JSON, which is YAML too).
 
-Adding a runtime: one ``Runtime`` entry below, ``docker/<key>/{Dockerfile,requirements.txt}``,
-``servingruntimes/<key>.yaml``, ``servingruntimes/<key>-modelmesh.yaml`` and examples in
-``servingruntimes/examples/<key>-*.yaml``; tests/test_deploy.py checks that they all agree.
+Adding a runtime: one ``Runtime`` entry below, ``docker/<key>/{Dockerfile,Dockerfile.dockerignore,
+requirements.txt}``, ``servingruntimes/<key>.yaml``, ``servingruntimes/<key>-modelmesh.yaml`` and
+examples in ``servingruntimes/examples/<key>-*.yaml``; tests/test_deploy.py checks that they all agree.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ class Runtime:
     key: str  # docker/<key>/, servingruntimes/<key>.yaml, the pip extra
     implementation: str  # MLSERVER_MODEL_IMPLEMENTATION
     model_format: Tuple[str, str]  # (name, version) an InferenceService asks for
+    engine: Optional[str] = None  # KubeAI images: $MODELSERVE_KUBEAI_ENGINE (one image per engine)
+    engine_env: Optional[Tuple[str, str]] = None  # (variable, path) of an engine in its own environment
+    gpu: bool = False  # a CUDA image whose ServingRuntime asks for nvidia.com/gpu
+    openai: bool = False  # serves the OpenAI-compatible routes
 
     @property
     def serving_runtime(self) -> str:
@@ -38,17 +45,30 @@ class Runtime:
         return f"modelserve-{self.key}-modelmesh"
 
 
+KUBEAI = "modelserve.kubeai.KubeAIRuntime"
+
+# Model formats: (name, major version of the format's reader); "1" where the format has no version of its own.
 RUNTIMES: Dict[str, Runtime] = {
     r.key: r
     for r in (
         Runtime("sklearn", "modelserve.sklearn.SKLearnRuntime", ("sklearn", "1")),
         Runtime("mlflow", "modelserve.mlflow.MLflowRuntime", ("mlflow", "3")),
+        Runtime("huggingface", "modelserve.huggingface.HuggingFaceRuntime", ("huggingface", "1"), gpu=True,
+                openai=True),
+        Runtime("vllm", KUBEAI, ("vllm", "1"), engine="VLLM", engine_env=("MODELSERVE_VLLM_COMMAND",
+                "/opt/vllm/bin/python"), gpu=True, openai=True),
+        Runtime("whisper", KUBEAI, ("faster-whisper", "1"), engine="FasterWhisper", gpu=True, openai=True),
+        Runtime("infinity", KUBEAI, ("infinity", "1"), engine="Infinity", engine_env=(
+                "MODELSERVE_INFINITY_COMMAND", "/opt/infinity/bin/infinity_emb"), gpu=True, openai=True),
+        Runtime("ollama", KUBEAI, ("ollama", "1"), engine="OLlama", gpu=True, openai=True),
     )
 }
 
-# Runtimes whose images and ServingRuntimes come with their own issues: a settings/ folder may name them,
-# render refuses them until they move into RUNTIMES.
-PLANNED = ("modelserve.huggingface.HuggingFaceRuntime", "modelserve.kubeai.KubeAIRuntime")
+# KServe's storage initializer fetches these into /mnt/models (a KubeAI url of another scheme stays an option)
+STORAGE_SCHEMES = ("s3", "gs", "pvc", "hf", "https", "http", "oci")
+# KubeAI resource profiles (`<profile>:<count>`) by prefix -> the Kubernetes resource a count of them asks for
+PROCESSOR_RESOURCES = (("nvidia-gpu", "nvidia.com/gpu"), ("amd-gpu", "amd.com/gpu"), ("google-tpu", "google.com/tpu"),
+                       ("cpu", "cpu"))
 
 MODES = ("Serverless", "RawDeployment", "ModelMesh")
 SCALING_KEYS = ("replicas", "min_replicas", "max_replicas", "autoscaling_disabled", "target_request",
@@ -62,19 +82,46 @@ class RenderError(ValueError):
     """A model-settings.json or option that cannot become an InferenceService; the message says why."""
 
 
-def runtime_for(implementation: Optional[str], key: Optional[str]) -> Runtime:
+def runtime_for(implementation: Optional[str], key: Optional[str], engine: Optional[str] = None) -> Runtime:
+    """The image a model runs in: --runtime, else its implementation (KubeAI: and its engine)."""
     if key:
         if key not in RUNTIMES:
             raise RenderError(f"unknown runtime {key!r}; known: {', '.join(RUNTIMES)}")
         return RUNTIMES[key]
-    for rt in RUNTIMES.values():
-        if rt.implementation == implementation:
-            return rt
-    known = ", ".join(rt.implementation for rt in RUNTIMES.values())
-    if implementation in PLANNED:
-        raise RenderError(f"{implementation} has no image or ServingRuntime yet; known: {known}")
+    found = [rt for rt in RUNTIMES.values() if rt.implementation == implementation]
+    if len(found) > 1:  # KubeAI: one image per engine
+        engines = ", ".join(rt.engine for rt in found if rt.engine)
+        if not isinstance(engine, str) or not engine:
+            raise RenderError(f"{implementation} has one image per engine: set parameters.extra.engine "
+                              f"({engines}) or pass --runtime")
+        found = [rt for rt in found if rt.engine and rt.engine.lower() == engine.lower()]
+        if not found:
+            raise RenderError(f"engine {engine!r} has no modelserve image; known: {engines}")
+    if found:
+        return found[0]
+    known = ", ".join(dict.fromkeys(rt.implementation for rt in RUNTIMES.values()))
     raise RenderError(f"model-settings implementation {implementation!r} has no modelserve image; "
                       f"known: {known} (or pass --runtime)")
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
+
+
+def processor_resources(processors: Any) -> Dict[str, Dict[str, str]]:
+    """KubeAI's `<profile>:<count>` (e.g. nvidia-gpu-l4:1) -> the container's resources: a count of GPUs
+    as their limit; `cpu:<n>` as n CPUs requested and allowed. The GPU type is left to node selection."""
+    m = re.fullmatch(r"([a-z0-9][a-z0-9-]*):([1-9][0-9]*)", processors) if isinstance(processors, str) else None
+    if not m:
+        raise RenderError(f"processors {processors!r} is not `<profile>:<count>` (e.g. nvidia-gpu-l4:1)")
+    profile, count = m.group(1), m.group(2)
+    for prefix, resource in PROCESSOR_RESOURCES:
+        if profile == prefix or profile.startswith(prefix + "-"):
+            if resource == "cpu":
+                return {"requests": {"cpu": count}, "limits": {"cpu": count}}
+            return {"limits": {resource: count}}
+    known = ", ".join(f"{p}[-<type>]" for p, _ in PROCESSOR_RESOURCES)
+    raise RenderError(f"processors profile {profile!r} is unknown; known: {known}")
 
 
 def _int(name: str, value: Any, minimum: int) -> int:
@@ -138,32 +185,52 @@ def scaling_spec(scaling: Dict[str, Any], mode: str) -> Tuple[Dict[str, Any], Di
 
 def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runtime_name: Optional[str] = None,
            runtime: Optional[str] = None, mode: str = "Serverless", namespace: Optional[str] = None,
-           service_account: Optional[str] = None, scaling: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """An InferenceService (as a dict) serving the model that ``settings`` (model-settings.json) describes."""
+           service_account: Optional[str] = None, scaling: Optional[Dict[str, Any]] = None,
+           processors: Optional[str] = None) -> Dict[str, Any]:
+    """An InferenceService (as a dict) serving the model that ``settings`` (model-settings.json) describes.
+
+    KubeAI models: the engine picks the ServingRuntime (whose env sets $MODELSERVE_KUBEAI_ENGINE; the
+    InferenceService repeats it, so a custom --runtime-name gets it too), a ``url`` that KServe's storage
+    initializer fetches becomes the storageUri (the model is then /mnt/models), an ``ollama://`` url stays
+    an option (Ollama pulls it), and ``processors`` becomes the container's GPU limit."""
     if mode not in MODES:
         raise RenderError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
     name = settings.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > 63:
         raise RenderError(f"model name {name!r} cannot name an InferenceService: lowercase letters, digits "
                           "and '-', starting with a letter, at most 63 characters")
-    rt = runtime_for(settings.get("implementation"), runtime)
     params = dict(settings.get("parameters") or {})
     extra = dict(params.get("extra") or {})
+    rt = runtime_for(settings.get("implementation"), runtime, extra.get("engine"))
     merged = dict(extra.pop("scaling", None) or {})
     merged.update({k: v for k, v in (scaling or {}).items() if v is not None})
     fields, annotations = scaling_spec(merged, mode)
+    processors = processors or extra.pop("processors", None)
+    resources = processor_resources(processors) if processors else None
 
     uri = storage_uri or params.get("uri")
-    if not uri or "://" not in uri or uri.startswith("file://"):
-        raise RenderError(f"parameters.uri {uri!r} is local to this machine: pass --storage-uri "
-                          "(s3://bucket/key, pvc://claim/path, hf://org/name, gs://, https://)")
+    url = extra.get("url") if rt.engine else None
+    pulled = isinstance(url, str) and _scheme(url) == "ollama" and not storage_uri
+    if pulled:
+        if rt.engine != "OLlama":
+            raise RenderError(f"url {url!r} is for engine OLlama, not {rt.engine}")
+        uri = None  # Ollama pulls the model itself: no storage initializer
+    elif url is not None:  # the storage URI replaces it: KServe fetches the model to /mnt/models
+        uri = storage_uri or url
+        del extra["url"]
+    if not pulled and (not isinstance(uri, str) or _scheme(uri) not in STORAGE_SCHEMES):
+        raise RenderError(f"model uri {uri!r} is not one KServe can fetch: pass --storage-uri "
+                          f"({', '.join(s + '://' for s in STORAGE_SCHEMES)})")
 
     model: Dict[str, Any] = {
         "modelFormat": {"name": rt.model_format[0], "version": rt.model_format[1]},
         "runtime": runtime_name or (rt.modelmesh_runtime if mode == "ModelMesh" else rt.serving_runtime),
-        "storageUri": uri,
     }
+    if uri:
+        model["storageUri"] = uri
     env: List[Dict[str, str]] = []
+    if rt.engine:
+        env.append({"name": "MODELSERVE_KUBEAI_ENGINE", "value": rt.engine})
     if params.get("version") is not None:
         env.append({"name": "MLSERVER_MODEL_VERSION", "value": str(params["version"])})
     if extra:
@@ -172,13 +239,18 @@ def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runti
         if settings.get(field) is not None:
             env.append({"name": f"MLSERVER_MODEL_{field.upper()}", "value": str(settings[field])})
     if mode == "ModelMesh":
-        if env:
-            names = ", ".join(e["name"] for e in env)
+        if resources:
+            raise RenderError("processors do not apply to ModelMesh: set resources on its ServingRuntime, "
+                              "whose pods all models share")
+        names = ", ".join(e["name"] for e in env if e["name"] != "MODELSERVE_KUBEAI_ENGINE")
+        if names:
             print(f"warning: ModelMesh shares one runtime between models; not passed: {names}", file=sys.stderr)
     else:
         model["protocolVersion"] = "v2"
         if env:
             model["env"] = env
+    if resources:
+        model["resources"] = resources
 
     predictor: Dict[str, Any] = {**fields, "model": model}
     if service_account:
@@ -217,6 +289,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--autoscaling-disabled", action="store_true", default=None)
     r.add_argument("--target-request", type=int, help="concurrent requests per replica (Serverless)")
     r.add_argument("--scale-down-delay-seconds", type=int, help="Knative scale-down delay (Serverless)")
+    r.add_argument("--processors", help="KubeAI resource profile and count, e.g. nvidia-gpu-l4:1 (GPU limit)")
     r.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     args = parser.parse_args(argv)
 
@@ -229,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         isvc = render(settings, storage_uri=args.storage_uri, runtime_name=args.runtime_name,
                       runtime=args.runtime, mode=args.mode, namespace=args.namespace,
-                      service_account=args.service_account, scaling=scaling)
+                      service_account=args.service_account, scaling=scaling, processors=args.processors)
     except RenderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
