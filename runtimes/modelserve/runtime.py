@@ -15,6 +15,7 @@ from mlserver.errors import MLServerError
 from mlserver.handlers.custom import CustomHandler, register_custom_handler
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse
+from pydantic import ValidationError
 
 from .codecs import v1_request_to_v2, v2_response_to_v1
 from .errors import BadRequest, InternalError, ModelLoadError, RequestTimeout, one_line
@@ -150,7 +151,12 @@ class Runtime(MLModel):
         return inputs[0].name if len(inputs) == 1 else "input-0"
 
     async def _v1_predict(self, body: Any) -> dict:
-        request = v1_request_to_v2(body, self.v1_input_name())
+        try:
+            request = v1_request_to_v2(body, self.v1_input_name())
+        except ValidationError as exc:  # e.g. "parameters" that are not an object (found by fuzzing)
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+            raise BadRequest(f"V1 request field '{where}': {err.get('msg')}") from None
         response = await self.predict(request)
         return v2_response_to_v1(response)
 
