@@ -62,7 +62,7 @@ def test_a_feature_the_engine_lacks_is_refused(tmp_path):
 
 
 def test_engines_of_a_later_release_say_so(tmp_path):
-    assert "engine FasterWhisper is not available in this version" in load_error(tmp_path, engine="fasterwhisper")
+    assert "engine OLlama is not available in this version" in load_error(tmp_path, engine="ollama")
 
 
 def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):

@@ -28,7 +28,9 @@ class TransformersOpenAI(EngineLLM):
     def openai_supports(self, kind: str) -> bool:
         if self.engine is not None:
             return super().openai_supports(kind)
-        return self.task == (Task.TEXT_EMBEDDING if kind == "embeddings" else Task.TEXT_GENERATION)
+        if kind == "embeddings":
+            return self.task == Task.TEXT_EMBEDDING
+        return kind in ("completions", "chat") and self.task == Task.TEXT_GENERATION
 
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
         if self.engine is not None:

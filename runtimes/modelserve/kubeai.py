@@ -18,6 +18,7 @@ from .errors import ModelLoadError
 from .llm import EngineLLM
 from .options import Engine, Feature, RuntimeOptions
 from .runtime import Runtime
+from .speech import SpeechModel, disable_raw_uploads, enable_raw_uploads
 
 logger = logging.getLogger("mlserver.modelserve.kubeai")
 
@@ -33,7 +34,7 @@ DEFAULT_FEATURE = {
     Engine.FASTER_WHISPER: Feature.SPEECH_TO_TEXT,
     Engine.INFINITY: Feature.TEXT_EMBEDDING,
 }
-AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY)
+AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY, Engine.FASTER_WHISPER)
 URL_SCHEMES = ("", "file", "hf", "s3", "pvc", "store")
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -123,7 +124,7 @@ class KubeAIOptions(RuntimeOptions):
         return self
 
 
-class KubeAIRuntime(EngineLLM, Runtime):
+class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
     """One engine process per model. Load it with ``parallel_workers: 0`` in model-settings.json so that
     the engine starts once (not once per MLServer worker) and streams reach the client."""
 
@@ -164,6 +165,9 @@ class KubeAIRuntime(EngineLLM, Runtime):
         self.embedding = Feature.TEXT_EMBEDDING in self.features
         self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
 
+        if opts.engine == Engine.FASTER_WHISPER:
+            await self._load_whisper(model_path, adapters)
+            return
         common = dict(args=opts.args, env=opts.env, cwd=folder, engine_command=opts.engine_command,
                       engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
                       on_failed=self._engine_failed)
@@ -182,14 +186,43 @@ class KubeAIRuntime(EngineLLM, Runtime):
         self._engine_metadata()
         openai.register(self)
 
+    async def _load_whisper(self, model_path: Optional[Path], adapters: dict) -> None:
+        """In-process (engines/whisper.py): no server, so the options for one are refused, not ignored."""
+        opts: KubeAIOptions = self.options
+        from .engines.whisper import WhisperEngine
+
+        for key, given in (("adapters", adapters), ("env", opts.env), ("engine_url", opts.engine_url),
+                           ("engine_command", opts.engine_command)):
+            if given:
+                raise ModelLoadError(self.name, f"option '{key}' is for engines that run as their own server; "
+                                                "FasterWhisper runs in MLServer's process")
+        self.whisper = WhisperEngine(self.name, model_path, opts.args)
+        await self.whisper.start()
+        self._speech_metadata()
+        enable_raw_uploads(self.name)
+        openai.register(self)
+
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if self.whisper is not None:
+            return await self._speech_predict(payload)
         return await self._engine_predict(payload)
 
     async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
-        async for response in self._engine_stream(await payloads.__anext__()):
+        first = await payloads.__anext__()
+        if self.whisper is not None:  # a transcription is returned whole
+            yield await self._speech_predict(first)
+            return
+        async for response in self._engine_stream(first):
             yield response
 
+    def openai_supports(self, kind: str) -> bool:
+        if self.whisper is not None:
+            return kind == "transcriptions"
+        return super().openai_supports(kind)
+
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes):
+        if self.whisper is not None:
+            return await self._speech_openai(body, raw)
         return await self._engine_openai_call(kind, body, model_id, raw)
 
     def _model_url(self) -> str:
@@ -215,8 +248,11 @@ class KubeAIRuntime(EngineLLM, Runtime):
 
     async def unload(self) -> bool:
         openai.unregister(self)
+        disable_raw_uploads(self.name)
         if self.engine is not None:
             await self.engine.stop()
+        if self.whisper is not None:
+            await self.whisper.stop()
         return True
 
 

@@ -159,7 +159,9 @@ class EngineLLM:
         return [self.name, *self.adapters]
 
     def openai_supports(self, kind: str) -> bool:
-        return self.embedding if kind == "embeddings" else not self.embedding
+        if kind == "embeddings":
+            return self.embedding
+        return kind in ("completions", "chat") and not self.embedding
 
     async def _engine_openai_call(self, kind: str, body: dict, model_id: str, raw: Optional[bytes] = None) -> Any:
         """Checked, then passed to the engine as it came (``raw``: the request's bytes) and its answer

@@ -1,5 +1,5 @@
 """OpenAI-compatible routes on MLServer's HTTP port: /v1/models, /v1/completions, /v1/chat/completions,
-/v1/embeddings.
+/v1/embeddings, /v1/audio/transcriptions.
 
 Every model that can answer them adds the same routes (MLServer custom handlers, one set per model, so
 unloading one model leaves the others' in place); whichever route FastAPI picks looks the request's
@@ -32,7 +32,11 @@ ROUTES = (
     ("/v1/completions", "POST", "openai_completions_route", "completions"),
     ("/v1/chat/completions", "POST", "openai_chat_route", "chat"),
     ("/v1/embeddings", "POST", "openai_embeddings_route", "embeddings"),
+    ("/v1/audio/transcriptions", "POST", "openai_transcriptions_route", "transcriptions"),
 )
+PATHS = {kind: path for path, _, _, kind in ROUTES}
+# the form fields of /v1/audio/transcriptions we implement (OpenAI's others are refused by name)
+FORM_FIELDS = ("file", "model", "language", "prompt", "temperature", "response_format", "timestamp_granularities[]")
 
 
 class OpenAIServed(Protocol):
@@ -105,6 +109,10 @@ async def _authorization(request: Request) -> str:
     return request.headers.get("authorization", "")
 
 
+async def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "")
+
+
 API_KEY_ENV = "MODELSERVE_OPENAI_API_KEY"
 
 
@@ -120,7 +128,7 @@ def check_key(authorization: str) -> None:
                           type_="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-async def handle(kind: str, raw: bytes, authorization: str = "") -> Any:
+async def handle(kind: str, raw: bytes, authorization: str = "", content_type: str = "") -> Any:
     try:
         check_key(authorization)
         if kind == "models":
@@ -128,16 +136,26 @@ async def handle(kind: str, raw: bytes, authorization: str = "") -> Any:
                      **({"parent": s.name} if i != s.name else {})}
                     for s in list(REGISTRY.values()) for i in s.openai_ids()]
             return JSONResponse({"object": "list", "data": data})
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError as exc:
-            raise OpenAIError(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise OpenAIError("the body must be a JSON object")
+        if kind == "transcriptions":  # multipart: the audio file is passed on as ``raw``
+            body, raw = parse_form(content_type, raw)
+        else:
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError as exc:
+                raise OpenAIError(f"the body is not valid JSON: {exc}") from None
+            if not isinstance(body, dict):
+                raise OpenAIError("the body must be a JSON object")
         served, model_id = lookup(body.get("model"))
         if not served.openai_supports(kind):
-            raise OpenAIError(f"model '{model_id}' does not serve /v1/{'chat/completions' if kind == 'chat' else kind}",
-                              400, param="model")
+            raise OpenAIError(f"model '{model_id}' does not serve {PATHS[kind]}", 400, param="model")
+        if kind == "transcriptions":
+            if not raw:
+                raise OpenAIError("'file' is required: the audio file, as a multipart part named file", param="file")
+            result = await served.openai_call(kind, body, model_id, raw)
+            if isinstance(result, str):
+                media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(body.get("response_format"), "text/plain")
+                return Response(content=result, media_type=media)
+            return JSONResponse(result)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise OpenAIError(f"'stream' must be true or false, got {stream!r}", param="stream")
@@ -178,9 +196,39 @@ def _bind(fn, kind: str, get: bool):
             return await fn(kind, b"", authorization)
     else:
         async def handler(body: bytes = Depends(_raw_body),  # type: ignore[misc]
-                          authorization: str = Depends(_authorization)) -> Any:
-            return await fn(kind, body, authorization)
+                          authorization: str = Depends(_authorization),
+                          content_type: str = Depends(_content_type)) -> Any:
+            return await fn(kind, body, authorization, content_type)
     return handler
+
+
+def parse_form(content_type: str, raw: bytes) -> Tuple[Dict[str, Any], Optional[bytes]]:
+    """A multipart/form-data body as (fields, the ``file`` part's bytes); other bodies are a 400."""
+    from email import policy
+    from email.parser import BytesParser
+
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise OpenAIError(f"send multipart/form-data with a 'file' part, got Content-Type {content_type or 'none'!r}")
+    msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") +
+                                                     b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        raise OpenAIError("the multipart body could not be parsed (check its boundary)")
+    fields: Dict[str, Any] = {}
+    audio = None
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            audio = payload
+        elif name in ("timestamp_granularities[]", "timestamp_granularities"):
+            fields.setdefault("timestamp_granularities[]", []).append(payload.decode("utf-8", "replace"))
+        elif name:
+            fields[name] = payload.decode("utf-8", "replace")
+    unknown = [k for k in fields if k not in FORM_FIELDS]
+    if unknown:
+        raise OpenAIError(f"field '{unknown[0]}' is not supported (fields: {', '.join(FORM_FIELDS)})",
+                          param=unknown[0])
+    return fields, audio
 
 
 def sse(data: Any) -> bytes:
