@@ -64,3 +64,44 @@ def write_models(root: Path, arts: dict, extra: Optional[dict] = None) -> None:
 def start(root: Path, arts: dict, env: Optional[dict] = None, **kw) -> Server:
     write_models(root, arts)
     return Server(root, env={**OFFLINE, **(env or {})}, **kw).start(timeout=240)
+
+
+# A models-from-code MLflow model that sleeps for its ``sleep`` param (in a thread, as every pyfunc call runs):
+# the slow request of the timeout and shutdown tests. mlflow stores this file; the server imports no test code.
+SLEEPY_CODE = """
+import time
+
+import mlflow
+import pandas as pd
+
+
+class Sleepy(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        time.sleep(float((params or {}).get("sleep", 0.0)))
+        return pd.DataFrame({"y": model_input["x"] * 2})
+
+
+mlflow.models.set_model(Sleepy())
+"""
+
+
+def build_sleepy(out: Path) -> Path:
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    target = out / "sleepy"
+    if not (target / "MLmodel").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        code = out / "sleepy_model.py"
+        code.write_text(SLEEPY_CODE)
+        frame = pd.DataFrame({"x": [1.0, 2.0]})
+        mlflow.pyfunc.save_model(str(target), python_model=str(code),
+                                 signature=infer_signature(frame, frame.rename(columns={"x": "y"}),
+                                                           params={"sleep": 0.0}))
+    return target
+
+
+def sleepy_request(sleep: float) -> dict:
+    return {"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1.0]}],
+            "parameters": {"sleep": sleep}}
