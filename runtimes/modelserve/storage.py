@@ -297,6 +297,48 @@ def _on(value: Optional[str]) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+class _RedactCredentials(logging.Filter):
+    """botocore at DEBUG logs each signed request: the access key id in its Authorization header and the
+    session token (``x-amz-security-token``). This filter masks the credentials our S3 clients use in the
+    records of the loggers that print them, so that a DEBUG log never holds them."""
+
+    LOGGERS = ("botocore.auth", "botocore.endpoint", "botocore.parsers", "botocore.httpsession",
+               "botocore.credentials", "botocore.hooks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.values:
+            msg = record.getMessage()
+            masked = msg
+            for value in self.values:
+                masked = masked.replace(value, "***")
+            if masked != msg:
+                record.msg, record.args = masked, None
+        return True
+
+    def add(self, session) -> None:
+        try:
+            creds = session.get_credentials()
+            frozen = creds.get_frozen_credentials() if creds is not None else None
+        except Exception:  # no credentials (anonymous), or they cannot be read: the client will say so
+            return
+        if frozen is None:
+            return
+        new = {v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v and len(v) >= 8}
+        if new - self.values:
+            self.values |= new
+            for name in self.LOGGERS:
+                logger_ = logging.getLogger(name)
+                if self not in logger_.filters:
+                    logger_.addFilter(self)
+
+
+_REDACT = _RedactCredentials()
+
+
 def _s3_client():
     """A boto3 S3 client configured from the usual AWS_* variables and KServe's S3_* ones."""
     import boto3
@@ -316,7 +358,9 @@ def _s3_client():
     if _on(os.environ.get("S3_USER_VIRTUAL_BUCKET")):  # KServe: virtual-hosted-style bucket URLs
         config = config.merge(Config(s3={"addressing_style": "virtual"}))
     # a session of its own: boto3's default session is not safe to share between loader threads
-    return boto3.session.Session().client(
+    session = boto3.session.Session()
+    _REDACT.add(session)
+    return session.client(
         "s3",
         endpoint_url=endpoint or None,
         region_name=region,
