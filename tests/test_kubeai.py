@@ -61,8 +61,19 @@ def test_a_feature_the_engine_lacks_is_refused(tmp_path):
     assert "engine Infinity does not support feature SpeechToText (it supports: TextEmbedding)" in msg
 
 
-def test_engines_of_a_later_release_say_so(tmp_path):
-    assert "engine OLlama is not available in this version" in load_error(tmp_path, engine="ollama")
+def test_ollama_load_refusals_name_the_problem(tmp_path, monkeypatch):
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    monkeypatch.delenv("MODELSERVE_OLLAMA_COMMAND", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "engine OLlama takes url ollama://name[:tag]" in load_error(tmp_path, engine="OLlama", url="s3://b/m")
+    assert "engine OLlama takes no adapters" in load_error(
+        tmp_path, engine="OLlama", url="ollama://llama3", adapters=[{"name": "a", "url": "/x"}])
+    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3")
+    assert "the Ollama engine is not installed here: set $MODELSERVE_OLLAMA_COMMAND" in msg and "OLLAMA_HOST" in msg
+    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9", args=["-v"])
+    assert "options 'args' and 'env' are for an Ollama server we start" in msg
+    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9")
+    assert "Ollama at http://127.0.0.1:9 is unreachable" in msg
 
 
 def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):

@@ -34,7 +34,7 @@ DEFAULT_FEATURE = {
     Engine.FASTER_WHISPER: Feature.SPEECH_TO_TEXT,
     Engine.INFINITY: Feature.TEXT_EMBEDDING,
 }
-AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY, Engine.FASTER_WHISPER)
+AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY, Engine.FASTER_WHISPER, Engine.OLLAMA)
 URL_SCHEMES = ("", "file", "hf", "s3", "pvc", "store")
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -97,9 +97,11 @@ class KubeAIOptions(RuntimeOptions):
     """Where store:// URLs resolve; default $MODELSERVE_STORE_ROOT."""
     engine_command: Optional[str] = None
     """The engine executable, or the Python of its environment: default $MODELSERVE_VLLM_COMMAND then `vllm` on
-    PATH (VLLM), $MODELSERVE_INFINITY_COMMAND then `infinity_emb` (Infinity)."""
+    PATH (VLLM), $MODELSERVE_INFINITY_COMMAND then `infinity_emb` (Infinity), $MODELSERVE_OLLAMA_COMMAND then
+    `ollama` (OLlama, started only when neither engine_url nor $OLLAMA_HOST names a running server)."""
     engine_url: Optional[str] = Field(default=None, pattern=r"^https?://")
-    """Attach to an engine that already runs (started with --served-model-name = this model's name)."""
+    """Attach to an engine that already runs (vLLM/Infinity: started with --served-model-name = this model's
+    name; OLlama: any Ollama server, default $OLLAMA_HOST)."""
     start_timeout: float = Field(default=600, gt=0)
     max_restarts: int = Field(default=5, ge=0)
     max_tokens: int = Field(default=256, ge=1)
@@ -156,6 +158,10 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
 
         folder = workdir(self.name, opts.cache_dir)
         write_files(self.name, folder, [(f.path, f.content) for f in opts.files])
+        self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
+        if opts.engine == Engine.OLLAMA:
+            await self._load_ollama(folder)
+            return
         if opts.engine_url is None:
             model_path = await self._resolve(self._model_url(), "url")
             adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
@@ -163,7 +169,6 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
             model_path, adapters = None, {a.name: Path(a.url) for a in opts.adapters}
         self.adapters = list(adapters)
         self.embedding = Feature.TEXT_EMBEDDING in self.features
-        self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
 
         if opts.engine == Engine.FASTER_WHISPER:
             await self._load_whisper(model_path, adapters)
@@ -182,6 +187,33 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
             from .engines.vllm import VLLMEngine
 
             self.engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=self.embedding, **common)
+        await self.engine.start()
+        self._engine_metadata()
+        openai.register(self)
+
+    async def _load_ollama(self, folder: Path) -> None:
+        """The model is an Ollama name (ollama://name[:tag]) that Ollama pulls itself. V2 serves the first
+        feature listed; the OpenAI routes serve every listed one (an Ollama model may embed and generate)."""
+        opts: KubeAIOptions = self.options
+        from .engines.ollama import OllamaEngine, model_tag
+
+        url = self._model_url()
+        if storage.split_uri(url)[0] != "ollama":
+            raise ModelLoadError(self.name, f"engine OLlama takes url ollama://name[:tag] (a model Ollama pulls), "
+                                            f"got {url!r}")
+        if opts.adapters:
+            raise ModelLoadError(self.name, "engine OLlama takes no adapters here: build the adapter into an Ollama "
+                                            "model (a Modelfile with an ADAPTER line) and serve that model")
+        try:
+            tag = model_tag(url)
+        except ValueError as exc:
+            raise ModelLoadError(self.name, f"url: {exc}") from None
+        self.adapters, self.embedding = [], self.features[0] == Feature.TEXT_EMBEDDING
+        self.engine = OllamaEngine(
+            self.name, tag, engine_url=opts.engine_url, engine_command=opts.engine_command, env=opts.env,
+            args=opts.args, cwd=folder, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
+            on_failed=self._engine_failed, generation=Feature.TEXT_GENERATION in self.features,
+            embedding=Feature.TEXT_EMBEDDING in self.features)
         await self.engine.start()
         self._engine_metadata()
         openai.register(self)
@@ -218,6 +250,9 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
     def openai_supports(self, kind: str) -> bool:
         if self.whisper is not None:
             return kind == "transcriptions"
+        if self.options.engine == Engine.OLLAMA:
+            wanted = Feature.TEXT_EMBEDDING if kind == "embeddings" else Feature.TEXT_GENERATION
+            return kind in ("embeddings", "completions", "chat") and wanted in self.features
         return super().openai_supports(kind)
 
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes):

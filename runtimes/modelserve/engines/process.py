@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Awaitable, Callable, Optional, Sequence
 
 import aiohttp
 
@@ -54,6 +54,7 @@ class EngineProcess:
         max_backoff: float = 30.0,
         stop_grace: float = 10.0,
         on_failed: Optional[Callable[[str], None]] = None,
+        on_restarted: Optional[Callable[[], Awaitable[None]]] = None,
         log_lines: int = 50,
     ):
         self.name = name
@@ -67,6 +68,7 @@ class EngineProcess:
         self._max_backoff = max_backoff
         self._stop_grace = stop_grace
         self._on_failed = on_failed
+        self._on_restarted = on_restarted  # runs before a restarted engine takes requests (e.g. reload a model)
         self._cleanup = cleanup
         self.tail: collections.deque[str] = collections.deque(maxlen=log_lines)
 
@@ -239,6 +241,8 @@ class EngineProcess:
             try:
                 await self._kill()
                 await self._spawn_and_wait()
+                if self._on_restarted is not None:
+                    await self._on_restarted()
             except ModelLoadError as exc:
                 logger.warning("model '%s': engine restart failed: %s", self.name, exc.reason)
                 continue
