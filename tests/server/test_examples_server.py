@@ -1,0 +1,79 @@
+"""The README's serve command: `mlserver start ./settings` with every example built by settings/build_examples.py
+(the same settings.json, only on free ports) serves each example model; one real request per model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from ..harness import Server
+from ..whisper_models import encode_audio, speech_like
+
+REPO = Path(__file__).resolve().parents[2]
+SETTINGS = REPO / "settings"
+ENGINES = {"MODELSERVE_VLLM_COMMAND": REPO / ".venv-vllm" / "bin" / "python",
+           "MODELSERVE_INFINITY_COMMAND": REPO / ".venv-infinity" / "bin" / "infinity_emb"}
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory):
+    env = {k: os.environ.get(k) or str(v) for k, v in ENGINES.items()}
+    missing = [v for v in env.values() if not os.access(v, os.X_OK)]
+    if missing:
+        pytest.skip(f"engine environments missing ({missing}): run `bash scripts/dev.sh setup`")
+    subprocess.run([sys.executable, str(SETTINGS / "build_examples.py")], check=True, cwd=REPO)
+    root = tmp_path_factory.mktemp("examples")
+    models = sorted(p.parent for p in SETTINGS.glob("*/model-settings.json"))
+    for folder in models:  # each example's own folder, so its relative paths resolve as in ./settings
+        (root / folder.name).symlink_to(folder, target_is_directory=True)
+    shipped = json.loads((SETTINGS / "settings.json").read_text())
+    srv = Server(root, env=env, extra={k: v for k, v in shipped.items() if not k.endswith("_port")})
+    srv.names = [json.loads((f / "model-settings.json").read_text())["name"] for f in models]
+    srv.start(timeout=480)
+    yield srv
+    srv.stop()
+
+
+def test_every_example_is_ready(examples):
+    assert {"iris-sklearn", "iris-mlflow", "minilm-embedding", "tiny-generation", "tiny-llama", "tiny-whisper",
+            "minilm-infinity"} <= set(examples.names)
+    for name in examples.names:
+        assert requests.get(f"{examples.url}/v2/models/{name}/ready", timeout=10).status_code == 200, name
+
+
+def test_tabular_examples_predict(examples):
+    for name in ("iris-sklearn", "iris-mlflow"):
+        meta = requests.get(f"{examples.url}/v2/models/{name}", timeout=10).json()
+        inputs = [{"name": i["name"], "datatype": "FP64", "shape": [1], "data": [5.1 - 0.5 * n]}
+                  for n, i in enumerate(meta["inputs"])] if len(meta["inputs"]) > 1 else \
+            [{"name": meta["inputs"][0]["name"], "datatype": "FP64", "shape": [1, 4], "data": [5.1, 3.5, 1.4, 0.2]}]
+        res = examples.infer(name, {"inputs": inputs})
+        assert res.status_code == 200, (name, res.text)
+        assert res.json()["outputs"][0]["data"][0] in (0, 1, 2), res.text
+
+
+def test_text_examples_answer(examples):
+    emb = [requests.post(f"{examples.url}/v1/embeddings", json={"model": m, "input": ["a quiet town by the sea"]},
+                         timeout=60).json()["data"][0]["embedding"] for m in ("minilm-embedding", "minilm-infinity")]
+    np.testing.assert_allclose(emb[0], emb[1], atol=1e-4)  # one MiniLM, two runtimes
+    chat = requests.post(f"{examples.url}/v1/chat/completions", timeout=120, json={
+        "model": "tiny-lora", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
+    assert chat.status_code == 200 and chat.json()["model"] == "tiny-lora", chat.text
+    gen = examples.infer("tiny-generation", {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1],
+                                                         "data": ["Hello"]}], "parameters": {"max_new_tokens": 3}})
+    assert gen.status_code == 200, gen.text
+
+
+def test_speech_example_transcribes_an_uploaded_file(examples):
+    res = requests.post(f"{examples.url}/v2/models/tiny-whisper/infer", data=encode_audio(speech_like(1.0), "flac"),
+                        headers={"Content-Type": "audio/flac"}, params={"temperature": 0, "beam_size": 1},
+                        timeout=120)
+    assert res.status_code == 200, res.text
+    assert res.json()["outputs"][0]["name"] == "text"
