@@ -174,3 +174,28 @@ def test_a_non_audio_file_on_the_openai_route(server):
     with pytest.raises(openai.BadRequestError) as err:
         server.client.audio.transcriptions.create(model="whisper", file=("a.wav", b"garbage" * 50))
     assert "not an audio file" in str(err.value)
+
+
+GRPC_AUDIO = r"""
+import base64, json, sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+req = json.load(sys.stdin)
+client = grpcclient.InferenceServerClient(url=req["url"])
+audio = grpcclient.InferInput("audio", [1], "BYTES")
+audio.set_data_from_numpy(np.array([base64.b64decode(req["file"])], dtype=object))
+res = client.infer("whisper", [audio], parameters=req["parameters"])
+print(json.dumps([v.decode() for v in res.as_numpy("text").ravel()]))
+"""
+
+
+def test_grpc_takes_the_audio_file_as_raw_bytes(server, direct, clips):
+    import subprocess
+    import sys
+
+    req = {"url": server.grpc_url, "file": base64.b64encode(clips["mp3"]).decode(),
+           "parameters": {"language": "en", "temperature": "0", "beam_size": 1}}
+    proc = subprocess.run([sys.executable, "-c", GRPC_AUDIO], input=json.dumps(req), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout) == [direct(clips["mp3"], language="en", **GREEDY)["text"]]
