@@ -9,6 +9,7 @@ import re
 
 import pytest
 import requests
+from hypothesis import HealthCheck, settings
 
 from .. import reliability_corpus as corpus
 from ..reliability_load import load
@@ -61,6 +62,82 @@ def test_500_requests_at_concurrency_32_end_without_an_error(rel_server, model):
     res = load(f"{rel_server.url}/v2/models/{model}/infer", GOOD_V2[model], requests=500, concurrency=32)
     assert res["requests"] == 500 and res["errors"] == 0, res
     assert res["p99_ms"] < 10_000, res
+
+
+# -- schemathesis: MLServer's own OpenAPI for /infer, and a spec of our routes (V1, /invocations, OpenAI) ---
+schemathesis = pytest.importorskip("schemathesis")
+MODELS = sorted(GOOD_V2)
+_ANY = {}  # any JSON value
+OUR_ROUTES = {
+    "/v1/models/{model_name}:predict": {"post": {
+        "parameters": [{"name": "model_name", "in": "path", "required": True,
+                        "schema": {"type": "string", "enum": MODELS}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"instances": {"type": "array", "items": _ANY},
+                                             "parameters": {"type": "object"}}}}}},
+        "responses": {"200": {"description": "predictions"}}}},
+    "/invocations": {"post": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {
+                "dataframe_split": {"type": "object", "properties": {
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                    "data": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}},
+                "dataframe_records": {"type": "array", "items": {"type": "object"}},
+                "instances": {"type": "array"}, "inputs": _ANY, "params": {"type": "object"}}}}}},
+        "responses": {"200": {"description": "predictions"}}}},
+    "/v1/embeddings": {"post": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["model", "input"], "properties": {
+                "model": {"type": "string", "enum": ["minilm", "iris"]},
+                "input": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+                "dimensions": {"type": "integer"}, "user": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "embeddings"}}}},
+    "/v1/chat/completions": {"post": {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"model": {"type": "string"}, "messages": {"type": "array"},
+                                             "max_tokens": {"type": "integer"}, "stream": {"type": "boolean"}}}}}},
+        "responses": {"200": {"description": "a completion"}}}},
+    "/v1/models": {"get": {"responses": {"200": {"description": "the served models"}}}},
+}
+
+
+def _infer_spec() -> dict:
+    """MLServer 1.7.1's own dataplane OpenAPI, narrowed to POST /v2/models/{model_name}/infer of our models."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    import mlserver.rest.openapi as mlserver_openapi
+
+    spec = _json.loads((_Path(mlserver_openapi.__file__).parent / "dataplane.json").read_text())
+    infer = spec["paths"]["/v2/models/{model_name}/infer"]
+    infer["parameters"] = [{"name": "model_name", "in": "path", "required": True,
+                            "schema": {"type": "string", "enum": MODELS}}]
+    spec["paths"] = {"/v2/models/{model_name}/infer": infer, **OUR_ROUTES}
+    spec.pop("servers", None)
+    return _no_bytes_type(spec)
+
+
+def _no_bytes_type(node):
+    """MLServer's dataplane.json declares TensorData items as ``{"type": "bytes"}``, which is no JSON Schema
+    type (schemathesis refuses the spec): read it as a string, which is what arrives over JSON."""
+    if isinstance(node, dict):
+        return {k: ("string" if k == "type" and v == "bytes" else _no_bytes_type(v)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_no_bytes_type(v) for v in node]
+    return node
+
+
+API = schemathesis.openapi.from_dict(_infer_spec())
+
+
+@API.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+def test_generated_requests_never_get_a_5xx(case, rel_server):
+    """Valid and invalid bodies generated from each operation's schema; only a 5xx fails."""
+    from schemathesis.checks import not_a_server_error
+
+    case.call_and_validate(base_url=rel_server.url, checks=[not_a_server_error], timeout=60)
 
 
 def test_the_access_log_shows_no_5xx_and_the_server_is_alive(rel_server):
