@@ -155,3 +155,36 @@ def test_grpc_statuses_for_503_and_504_and_raw_contents_that_do_not_fit():
         converters.ModelInferRequestConverter.to_types(missing)
     good = pb.ModelInferRequest(model_name="m", inputs=[tensor], raw_input_contents=[struct.pack("<4d", 1, 2, 3, 4)])
     assert converters.ModelInferRequestConverter.to_types(good).inputs[0].data.root == [1, 2, 3, 4]
+
+
+def test_a_timed_out_engine_request_is_closed_so_the_engine_can_abort_it():
+    """Engine runtimes await an aiohttp request: cancelling it closes the connection (vLLM aborts a request
+    whose client went away). Work already in a thread (sklearn, MLflow, transformers) cannot be interrupted:
+    it runs to its end and its result is dropped."""
+    from modelserve.engines.openai_http import OpenAIUpstream
+    from modelserve.errors import Unavailable
+
+    rt = sleepy(0.3)
+
+    async def run():
+        closed = asyncio.Event()
+
+        async def engine(reader, writer):  # reads the request, never answers, notes the client leaving
+            await reader.readuntil(b"\r\n\r\n")
+            while await reader.read(1024):
+                pass
+            closed.set()
+            writer.close()
+
+        server = await asyncio.start_server(engine, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        upstream = OpenAIUpstream("m", lambda: f"http://127.0.0.1:{port}", lambda exc: Unavailable(str(exc)))
+        try:
+            with pytest.raises(RequestTimeout):
+                await rt.within_timeout(upstream.post("/v1/completions", {"prompt": "hi"}))
+            await asyncio.wait_for(closed.wait(), 5)
+        finally:
+            await upstream.close()
+            server.close()
+
+    asyncio.run(run())

@@ -478,6 +478,46 @@ def test_object_changing_size_during_download_is_not_trusted(s3env, prefix, spy,
     assert storage.resolve(settings(uri)).read_bytes() == b"much longer now"
 
 
+def test_download_corrupted_in_transit_is_never_cached_and_a_retry_succeeds(s3env, prefix, tmp_path, monkeypatch):
+    uri = f"s3://models/{prefix}/m/"
+    s3env.put(f"{prefix}/m/model.joblib", b"model bytes" * 1000)
+    real, corrupt = storage._s3_client, [True]
+
+    def client():
+        c = real()
+        download = c.download_file
+
+        def download_file(bucket, key, filename, *args, **kw):
+            download(bucket, key, filename, *args, **kw)
+            if corrupt[0]:  # same size, other bytes: what a flipped bit on the wire leaves
+                Path(filename).write_bytes(b"x" * Path(filename).stat().st_size)
+
+        c.download_file = download_file
+        return c
+
+    monkeypatch.setattr(storage, "_s3_client", client)
+    msg = load_error(uri)
+    assert "model.joblib: the downloaded bytes do not match the object's ETag" in msg
+    cache = tmp_path / "cache"
+    assert leftovers(cache) == [] and not [p for p in (cache / "s3").iterdir() if not p.name.startswith(".")]
+    corrupt[0] = False
+    assert storage.resolve(settings(uri), WELLKNOWN).read_bytes() == b"model bytes" * 1000
+
+
+def test_multipart_etags_are_not_taken_for_an_md5(s3env, prefix):
+    from boto3.s3.transfer import TransferConfig
+
+    key = f"{prefix}/big/model.joblib"
+    body = os.urandom(6 * 1024 * 1024)
+    (Path(os.environ["MODELSERVE_CACHE_DIR"]).parent / "big").write_bytes(body)
+    s3env.client().upload_file(str(Path(os.environ["MODELSERVE_CACHE_DIR"]).parent / "big"), "models", key,
+                               Config=TransferConfig(multipart_threshold=5 * 1024 * 1024,
+                                                     multipart_chunksize=5 * 1024 * 1024))
+    etag = s3env.client().head_object(Bucket="models", Key=key)["ETag"]
+    assert "-" in etag  # a multipart upload
+    assert storage.resolve(settings(f"s3://models/{key}")).read_bytes() == body
+
+
 KILLED_CHILD = textwrap.dedent("""
     import os, signal, sys
     from mlserver.settings import ModelSettings

@@ -26,6 +26,7 @@ logger = logging.getLogger("mlserver.modelserve.storage")
 SUPPORTED = "a local path, file://, s3://bucket/key, pvc://claim/path or hf://org/name[@revision]"
 DEFAULT_PVC_ROOT = "/mnt/pvc"  # where KServe's storage initializer mounts the claim of a pvc:// URI
 _COMPLETE = ".modelserve-complete"
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.DOTALL)
 PROGRESS_SECONDS = 2.0
 """How often a running download logs its progress."""
@@ -567,6 +568,7 @@ class S3Download:
                 if size != obj["size"]:
                     raise self.fail(f"{obj['key']}: got {size} bytes, the listing said {obj['size']} "
                                     "(did it change during the download? loading again will retry)")
+                self._verify(client, obj, target)
             (tmp / _COMPLETE).write_text(json.dumps(manifest))
             self._install(tmp, manifest)
         except ModelLoadError:
@@ -577,6 +579,32 @@ class S3Download:
             shutil.rmtree(tmp, ignore_errors=True)
         logger.info("model '%s': downloaded %s (%.1f MB in %.1f s)", self.model, self.uri,
                     total / 1e6, time.monotonic() - started)
+
+    def _verify(self, client, obj: dict, target: Path) -> None:
+        """The file's MD5 against the object's ETag, where the ETag is one (a single-part upload).
+
+        botocore already checks the CRC of objects uploaded with a checksum; this covers the others. A
+        multipart ETag (``<md5>-<parts>``) is no MD5 of the file and is skipped; so is a mismatch on an
+        encrypted object (SSE-KMS, SSE-C, some stores' SSE-S3), whose ETag is not its MD5 either.
+        """
+        etag = obj["etag"].strip('"').lower()
+        if not _MD5_ETAG.fullmatch(etag):
+            return
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(target, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() == etag:
+            return
+        try:
+            head = client.head_object(Bucket=self.bucket, Key=obj["key"])
+        except Exception:
+            head = {}
+        if head.get("ServerSideEncryption") or head.get("SSECustomerAlgorithm"):
+            logger.debug("model '%s': %s is encrypted; its ETag is not its MD5", self.model, obj["key"])
+            return
+        raise self.fail(f"{obj['key']}: the downloaded bytes do not match the object's ETag (MD5 "
+                        f"{digest.hexdigest()}, ETag {etag}): corrupted in transit? loading again will retry")
 
     def _install(self, tmp: Path, manifest: List[dict]) -> None:
         """Swap the complete temporary folder into place (the stale entry, if any, goes away)."""
