@@ -704,6 +704,20 @@ def test_render_kubeai_storage_uri_replaces_a_local_url():
         render(kubeai_settings("VLLM", url="./model"))
 
 
+def test_render_keeps_jinja_braces_from_kserves_placeholder_pass():
+    """KServe runs the merged container through Go's text/template ({{.Name}}); a chat template in `files`
+    must come out of it unchanged."""
+    template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    isvc = render(kubeai_settings("VLLM", url="hf://o/m", files=[{"path": "t.jinja", "content": template}]))
+    validate(isvc)
+    value = model_env(isvc)["MLSERVER_MODEL_EXTRA"]
+    assert "{{ bos_token }}" not in value
+    # Go's text/template on a raw-string action {{`x`}} prints x; nothing else in the value is an action
+    assert re.sub(r"\{\{`(\{\{|\}\})`\}\}", r"\1", value) == json.dumps(
+        {"engine": "VLLM", "files": [{"content": template, "path": "t.jinja"}]}, sort_keys=True)
+    assert not re.search(r"\{\{(?!`)", value)
+
+
 def test_render_ollama_pulls_its_own_models():
     isvc = render(kubeai_settings("OLlama", url="ollama://qwen2.5:0.5b"), mode="RawDeployment")
     validate(isvc)

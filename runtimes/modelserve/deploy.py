@@ -104,6 +104,13 @@ def runtime_for(implementation: Optional[str], key: Optional[str], engine: Optio
                       f"known: {known} (or pass --runtime)")
 
 
+def go_template_literal(text: str) -> str:
+    """``text`` as KServe's Go-template pass over the merged container (ReplacePlaceholders, for {{.Name}})
+    gives it back: each ``{{``/``}}`` (a Jinja chat template in a KubeAI ``files`` entry) as a raw-string
+    action; backquotes because that pass runs over the container's JSON, where '"' is escaped."""
+    return re.sub(r"\{\{|\}\}", lambda m: "{{`" + m.group(0) + "`}}", text)
+
+
 def _scheme(uri: str) -> str:
     return uri.split("://", 1)[0].lower() if "://" in uri else ""
 
@@ -234,7 +241,7 @@ def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runti
     if params.get("version") is not None:
         env.append({"name": "MLSERVER_MODEL_VERSION", "value": str(params["version"])})
     if extra:
-        env.append({"name": "MLSERVER_MODEL_EXTRA", "value": json.dumps(extra, sort_keys=True)})
+        env.append({"name": "MLSERVER_MODEL_EXTRA", "value": go_template_literal(json.dumps(extra, sort_keys=True))})
     for field in MODEL_ENV_FIELDS:
         if settings.get(field) is not None:
             env.append({"name": f"MLSERVER_MODEL_{field.upper()}", "value": str(settings[field])})
