@@ -147,6 +147,7 @@ class ImageServer(MLServerProcess):
     """The image's CMD with the image's ENV, overridden by ``env`` (ServingRuntime style), on free ports."""
 
     def __init__(self, image: ImageVenv, env: Optional[Dict[str, str]] = None, stand_ins: bool = True):
+        """stand_ins=False: engine commands stay the image's paths as they are (absent here)."""
         self.image = image
         super().__init__(image.home / "mlserver.log", {}, cwd=image.home)  # ports first: the env names them
         base = {k: v for k, v in os.environ.items() if not k.upper().startswith(("MLSERVER_", "MODELSERVE_"))
@@ -157,10 +158,10 @@ class ImageServer(MLServerProcess):
         for name, value in list(self.env.items()):  # the image's absolute paths, under its root
             if name.startswith("MLSERVER_") and value.startswith(("/mnt/models", "/models/")):
                 self.env[name] = str(image.path(value)) + ("/" if value.endswith("/") else "")
-            elif name in ENGINE_STAND_INS and image.path(value).exists():  # heavy tier: the image's own engine
-                self.env[name] = str(image.path(value))
-            elif name in ENGINE_STAND_INS and stand_ins:  # the engine's environment is not built here
-                self.env[name] = str(ENGINE_STAND_INS[name])
+            elif name in ENGINE_STAND_INS and stand_ins:
+                # the development engine (CPU builds) where present, else the image's own (heavy tier)
+                stand_in, own = ENGINE_STAND_INS[name], image.path(value)
+                self.env[name] = str(stand_in if os.access(stand_in, os.X_OK) or not own.exists() else own)
         self.env.update(MLSERVER_HTTP_PORT=str(self.http_port), MLSERVER_GRPC_PORT=str(self.grpc_port),
                         MLSERVER_METRICS_PORT=str(self.metrics_port), MLSERVER_HOST="127.0.0.1")
         self.log_path = image.home / f"mlserver-{self.http_port}.log"
@@ -408,12 +409,11 @@ def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_pat
         srv.stop()
 
 
-def engine_command(key: str) -> str:
-    name, _ = RUNTIMES[key].engine_env
-    stand_in = ENGINE_STAND_INS[name]
+def need_engine(key: str) -> None:
+    """Skips unless the engine's development stand-in exists (or the heavy tier builds the image's own)."""
+    stand_in = ENGINE_STAND_INS[RUNTIMES[key].engine_env[0]]
     if not HEAVY and not os.access(stand_in, os.X_OK):
         pytest.skip(f"no {key} engine here: `bash scripts/dev.sh setup` builds {stand_in.parent.parent.name}")
-    return name
 
 
 def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_factory):
@@ -422,7 +422,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
     MLSERVER_MODEL_EXTRA would bring them."""
     from ..llama_models import build_tiny_llama
 
-    engine_command("vllm")
+    need_engine("vllm")
     image = images("vllm")
     mount(image, build_tiny_llama(tmp_path_factory.mktemp("image-llama") / "llama"))
     extra = {"args": ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"],
@@ -441,7 +441,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
 def test_infinity_image_serves_a_bare_model_folder_the_kserve_way(images):
     from ..hf_models import minilm_dir
 
-    engine_command("infinity")
+    need_engine("infinity")
     image = images("infinity")
     mount(image, minilm_dir(), link=True)
     srv = serving(image, kserve_env("infinity", "minilm", HF_HUB_OFFLINE="1"), "minilm", timeout=600)
