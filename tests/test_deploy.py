@@ -724,6 +724,9 @@ def test_render_ollama_pulls_its_own_models():
     model = isvc["spec"]["predictor"]["model"]
     assert "storageUri" not in model and model["runtime"] == "modelserve-ollama"
     assert json.loads(model_env(isvc)["MLSERVER_MODEL_EXTRA"])["url"] == "ollama://qwen2.5:0.5b"
+    isvc = render(kubeai_settings("OLlama", url="ollama://qwen2.5:0.5b"), storage_uri="s3://m/qwen-settings/")
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://m/qwen-settings/"
+    assert json.loads(model_env(isvc)["MLSERVER_MODEL_EXTRA"])["url"] == "ollama://qwen2.5:0.5b"
 
 
 @pytest.mark.parametrize("processors,resources", [

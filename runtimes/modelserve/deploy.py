@@ -217,15 +217,15 @@ def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runti
 
     uri = storage_uri or params.get("uri")
     url = extra.get("url") if rt.engine else None
-    pulled = isinstance(url, str) and _scheme(url) == "ollama" and not storage_uri
-    if pulled:
+    pulled = isinstance(url, str) and _scheme(url) == "ollama"
+    if pulled:  # Ollama pulls the model itself: a storage URI, if any, brings only files beside it
         if rt.engine != "OLlama":
             raise RenderError(f"url {url!r} is for engine OLlama, not {rt.engine}")
-        uri = None  # Ollama pulls the model itself: no storage initializer
+        uri = storage_uri
     elif url is not None:  # the storage URI replaces it: KServe fetches the model to /mnt/models
         uri = storage_uri or url
         del extra["url"]
-    if not pulled and (not isinstance(uri, str) or _scheme(uri) not in STORAGE_SCHEMES):
+    if (uri is not None or not pulled) and (not isinstance(uri, str) or _scheme(uri) not in STORAGE_SCHEMES):
         raise RenderError(f"model uri {uri!r} is not one KServe can fetch: pass --storage-uri "
                           f"({', '.join(s + '://' for s in STORAGE_SCHEMES)})")
 

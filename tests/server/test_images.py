@@ -193,9 +193,11 @@ def kserve_env(key: str, isvc_name: str, **model_env: str) -> Dict[str, str]:
     return {**{k: v.replace("{{.Name}}", isvc_name) for k, v in env_of(container).items()}, **model_env}
 
 
-def mount(image: ImageVenv, model: Path, file_name: Optional[str] = None, link: bool = False) -> Path:
+def mount(image: ImageVenv, model: Path, file_name: Optional[str] = None, link: bool = False,
+          settings: bool = False) -> Path:
     """What the storage initializer leaves: the model file (as file_name) or the folder in /mnt/models
-    (link: a symlink to the folder, for large read-only models; MLflow refuses paths outside its folder)."""
+    (link: a symlink to the folder, for large read-only models; MLflow refuses paths outside its folder),
+    and no model-settings.json unless ``settings``."""
     mnt = image.path("/mnt/models")
     if mnt.is_symlink():
         mnt.unlink()
@@ -207,7 +209,7 @@ def mount(image: ImageVenv, model: Path, file_name: Optional[str] = None, link: 
     else:
         mnt.mkdir(parents=True)
         shutil.copy(model, mnt / (file_name or model.name))
-    assert not list(mnt.rglob("model-settings.json"))
+    assert bool(list(mnt.rglob("model-settings.json"))) == settings
     return mnt
 
 
@@ -449,6 +451,39 @@ def test_infinity_image_serves_a_bare_model_folder_the_kserve_way(images):
         r = requests.post(f"{srv.url}/v1/embeddings", json={"model": "minilm", "input": TEXTS}, timeout=120)
         assert r.status_code == 200, r.text
         assert [len(d["embedding"]) for d in r.json()["data"]] == [384, 384]
+        assert srv.healthcheck().returncode == 0
+    finally:
+        srv.stop()
+
+
+def test_ollama_image_serves_a_model_named_by_its_storage_folder_the_kserve_way(images, tmp_path):
+    """Ollama pulls its models itself: what s3:// or pvc:// bring to /mnt/models is a model-settings.json
+    naming the Ollama model (servingruntimes/examples/ollama-*). The runtime starts `ollama serve` from the
+    path the image copies the binary to; here the stand-in server that speaks Ollama's API
+    (tests/engines/fake_ollama.py) lies there, as the real binary is on no registry this machine reaches."""
+    image = images("ollama")
+    (copied,) = [a.split()[-1] for a in image.dockerfile.all("COPY") if a.startswith("--from=") and
+                 a.split()[-1].endswith("/ollama") and "/lib/" not in a]
+    binary = image.path(copied)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    fake = ROOT / "tests" / "engines" / "fake_ollama.py"
+    binary.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
+    binary.chmod(0o755)
+    folder = tmp_path / "qwen-settings"
+    folder.mkdir()
+    (folder / "model-settings.json").write_text(json.dumps({"parameters": {"extra": {"url": "ollama://qwen2:0.5b"}}}))
+    mount(image, folder, settings=True)
+    env = kserve_env("ollama", "qwen", PATH=f"{image.venv / 'bin'}:{binary.parent}:{os.environ['PATH']}")
+    srv = serving(image, env, "qwen")
+    try:
+        r = requests.post(f"{srv.url}/v1/chat/completions", json={
+            "model": "qwen", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"]
+        body = {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["The sea"]}],
+                "parameters": {"max_tokens": 4}}
+        r = requests.post(f"{srv.url}/v2/models/qwen/infer", json=body, timeout=60)
+        assert r.status_code == 200, r.text
         assert srv.healthcheck().returncode == 0
     finally:
         srv.stop()
