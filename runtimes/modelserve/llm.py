@@ -9,6 +9,7 @@ The request's parameters become OpenAI sampling fields (codecs/params.py), ``ada
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 from typing import Any, AsyncIterator, Dict, List, Optional
@@ -93,9 +94,11 @@ class EngineLLM:
             leftover = [k for k in params if k not in ("content_type", "headers")]
             if leftover:
                 raise BadRequest(f"unknown parameter '{leftover[0]}' for embeddings (allowed: adapter)")
-            result = await self.engine.upstream.post("/v1/embeddings", {"model": model_id, "input": rows})
-            vectors = np.array([d["embedding"] for d in sorted(result["data"], key=lambda d: d["index"])],
-                               dtype=np.float32)
+            # base64 float32 from the engine: no JSON floats to print there and parse here (measured ~0.7 ms
+            # of the 1.5 ms V2 added per 8-sentence request)
+            result = await self.engine.upstream.post("/v1/embeddings", {"model": model_id, "input": rows,
+                                                                        "encoding_format": "base64"})
+            vectors = np.stack([_vector(d["embedding"]) for d in sorted(result["data"], key=lambda d: d["index"])])
             return self._engine_response(payload, {"embedding": vectors}, wanted)
         body = sampling_body(params, min(self.max_tokens, self.max_tokens_limit),
                              self.max_tokens_limit)
@@ -174,6 +177,13 @@ class EngineLLM:
         if raw is not None:
             return await self.engine.upstream.post_raw(path, raw)
         return await self.engine.upstream.post(path, body)
+
+
+def _vector(value: Any) -> np.ndarray:
+    """One embedding as the engine sent it: base64 little-endian float32, or a list of numbers."""
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").astype(np.float32, copy=False)
+    return np.asarray(value, dtype=np.float32)
 
 
 def parse_messages(row: int, text: str) -> List[dict]:

@@ -11,6 +11,7 @@ import json
 from typing import Any, AsyncIterator, Callable, Optional
 
 import aiohttp
+import orjson
 
 from ..errors import BadRequest, InternalError, Unavailable
 
@@ -83,9 +84,9 @@ class OpenAIUpstream:
 
     @staticmethod
     def _payload(body: Optional[dict], raw: Optional[bytes]) -> dict:
-        if raw is not None:
-            return {"data": raw, "headers": _JSON}
-        return {"json": body} if body is not None else {}
+        if raw is None and body is not None:
+            raw = orjson.dumps(body)  # MLServer's own JSON library: several times faster than json
+        return {"data": raw, "headers": _JSON} if raw is not None else {}
 
     async def _call(self, method: str, path: str, body: Optional[dict] = None, raw: Optional[bytes] = None) -> bytes:
         """The engine's 200 body as bytes; its errors and a broken connection raised as ours."""
@@ -99,10 +100,10 @@ class OpenAIUpstream:
             raise self._on_connection_error(exc) from None
 
     async def get(self, path: str) -> Any:
-        return json.loads(await self._call("GET", path))
+        return orjson.loads(await self._call("GET", path))
 
     async def post(self, path: str, body: dict) -> Any:
-        return json.loads(await self._call("POST", path, body))
+        return orjson.loads(await self._call("POST", path, body))
 
     async def post_raw(self, path: str, raw: bytes) -> bytes:
         """A JSON body passed through as bytes both ways: the OpenAI routes' proxy path, no re-encoding."""
@@ -147,4 +148,4 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
                 data = line[5:].strip()
                 if data == b"[DONE]":
                     return
-                yield json.loads(data)
+                yield orjson.loads(data)
