@@ -132,6 +132,6 @@ def slope_mb_per_min(samples: Sequence[tuple], warmup_s: float) -> Dict:
     resid = [y - (my + slope * (x - mx)) for x, y in pts]
     sigma = math.sqrt(sum(r * r for r in resid) / (len(pts) - 2))
     stderr = sigma / math.sqrt(sxx)
-    return {"slope_mb_per_min": round(slope, 3), "stderr": round(stderr, 3), "noise_mb": round(sigma, 2),
+    return {"slope_mb_per_min": round(slope, 4), "stderr": round(stderr, 4), "noise_mb": round(sigma, 3),
             "points": len(pts), "rss_start_mb": round(ys[0], 1), "rss_end_mb": round(ys[-1], 1),
             "rss_max_mb": round(max(ys), 1)}

@@ -74,6 +74,7 @@ class Runtime(MLModel):
 
     def __init__(self, settings: ModelSettings):
         super().__init__(settings)
+        self._in_flight = 0
         self._add_route(f"/v1/models/{settings.name}:predict", "POST", "v1_predict", self._v1_predict)
         self._add_route(f"/v1/models/{settings.name}", "GET", "v1_model", self._v1_model)
 
@@ -134,17 +135,35 @@ class Runtime(MLModel):
         ``call`` itself (an engine client's own) is not ours and passes unchanged.
         """
         limit = getattr(getattr(self, "options", None), "request_timeout", None)
-        if not limit:  # unset, or the never-loaded main-process copy under parallel workers (its worker times)
-            return await call
-        scope = asyncio.timeout(limit)
+        self._in_flight += 1
         try:
-            async with scope:
+            if not limit:  # unset, or the never-loaded main-process copy under parallel workers (its worker times)
                 return await call
-        except TimeoutError:
-            if not scope.expired():
-                raise
-            raise RequestTimeout(f"model '{self.name}': the request ran past request_timeout "
-                                 f"({limit:g} s) and was cancelled") from None
+            scope = asyncio.timeout(limit)
+            try:
+                async with scope:
+                    return await call
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise RequestTimeout(f"model '{self.name}': the request ran past request_timeout "
+                                     f"({limit:g} s) and was cancelled") from None
+        finally:
+            self._in_flight -= 1
+
+    async def requests_done(self, timeout: float = 60.0) -> None:
+        """Waits (up to ``timeout`` s) until no request is inside this copy of the model.
+
+        MLServer reloads a model by loading the new copy, routing new requests to it and then unloading
+        the old one while requests may still be inside it: an ``unload()`` that stops the model's thread
+        or engine calls this first, so those requests are answered instead of left waiting for ever.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        if self._in_flight > 0:
+            logger.warning("model '%s': unloading with %d request(s) still running after %g s",
+                           self.name, self._in_flight, timeout)
 
     def v1_input_name(self) -> str:
         inputs = self.inputs or []

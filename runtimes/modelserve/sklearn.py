@@ -222,6 +222,7 @@ class SKLearnRuntime(Runtime):
     async def unload(self) -> bool:
         coalescer = getattr(self, "_coalescer", None)
         if coalescer is not None:
+            await self.requests_done()  # a reload unloads this copy with requests still inside it
             coalescer.close()
         return True
 

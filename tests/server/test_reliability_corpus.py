@@ -132,7 +132,7 @@ API = schemathesis.openapi.from_dict(_infer_spec())
 
 
 @API.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_generated_requests_never_get_a_5xx(case, rel_server):
     """Valid and invalid bodies generated from each operation's schema; only a 5xx fails."""
     from schemathesis.checks import not_a_server_error

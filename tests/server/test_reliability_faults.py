@@ -32,6 +32,8 @@ TIMEOUT = 1.5
 def _models(root, arts, sleepy, timeout=TIMEOUT):
     write_model(root, "iris", {"implementation": SKLEARN, "parameters": {"uri": "./model.joblib"}},
                 {"model.joblib": arts["iris"]})
+    write_model(root, "iris-inproc", {"implementation": SKLEARN, "parallel_workers": 0,
+                                      "parameters": {"uri": "./model.joblib"}}, {"model.joblib": arts["iris"]})
     for name, workers in [("sleepy", None), ("sleepy-inproc", 0)]:
         settings = {"implementation": MLFLOW, "parameters": {"uri": "./model", "extra": {
             "request_timeout": timeout, "root_invocations": False}}}
@@ -93,26 +95,31 @@ def test_grpc_timeout_is_deadline_exceeded(faults, model):
     assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "request_timeout" in exc.value.details()
 
 
-def test_a_model_reloaded_through_the_repository_api_keeps_answering(faults):
+@pytest.mark.parametrize("model", ["iris", "iris-inproc"])
+def test_a_model_reloaded_through_the_repository_api_keeps_answering(faults, model):
     statuses, stop = [], threading.Event()
 
     def hammer():
         with requests.Session() as s:
             while not stop.is_set():
-                statuses.append(s.post(f"{faults.url}/v2/models/iris/infer", json=GOOD_V2["iris"], timeout=30).status_code)
+                try:
+                    statuses.append(s.post(f"{faults.url}/v2/models/{model}/infer", json=GOOD_V2["iris"],
+                                           timeout=10).status_code)
+                except requests.RequestException as exc:
+                    statuses.append(type(exc).__name__)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
     try:
         time.sleep(0.5)
-        for _ in range(3):
-            assert faults.load("iris").status_code == 200
+        for _ in range(2):
+            assert faults.load(model).status_code == 200
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
+    assert len(statuses) > 50 and set(statuses) == {200}, sorted(map(str, set(statuses)))
 
 
 def _sigterm_under_load(srv, models, per_model=3, client_timeout=60, exit_timeout=60):
@@ -156,7 +163,9 @@ def test_sigterm_with_parallel_workers_finishes_in_flight_requests_and_exits(tmp
     _models(tmp_path, *built, timeout=30)
     srv = Server(tmp_path, env=OFFLINE).start(timeout=240)
     try:
-        statuses, code, left = _sigterm_under_load(srv, ["sleepy"], client_timeout=5, exit_timeout=10)
+        statuses, code, left = _sigterm_under_load(srv, ["sleepy"], client_timeout=4, exit_timeout=4)
         assert statuses == [200] * 3 and code == 0 and not left, (statuses, code, left)
     finally:
+        if srv.proc.poll() is None:  # stuck as the reason says: a second SIGTERM does not help either
+            os.killpg(srv.proc.pid, signal.SIGKILL)
         srv.stop()
