@@ -186,8 +186,8 @@ def plot(result: dict, path: Path) -> None:
     ax.axvline(result["soak"]["warmup_s"] / 60, color="grey", ls="--", lw=0.8)
     ax.set_xlabel("minutes under load (sklearn c=8 + MiniLM c=4)")
     ax.set_ylabel("server RSS, MB (process tree)")
-    ax.set_title(f"soak: {result['soak_rss_mb_per_min']:+.2f} MB/min after warm-up "
-                 f"(± {result['soak']['stderr']:.2f})")
+    ax.set_title(f"soak: {result['soak_rss_mb_per_min']:+.4f} MB/min after warm-up "
+                 f"(± {result['soak']['stderr']:.4f})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
