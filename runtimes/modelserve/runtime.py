@@ -71,10 +71,10 @@ class Runtime(MLModel):
     """
 
     options_class: ClassVar[Type[RuntimeOptions]] = RuntimeOptions
+    _in_flight = 0  # requests inside this copy of the model (see requests_done)
 
     def __init__(self, settings: ModelSettings):
         super().__init__(settings)
-        self._in_flight = 0
         self._add_route(f"/v1/models/{settings.name}:predict", "POST", "v1_predict", self._v1_predict)
         self._add_route(f"/v1/models/{settings.name}", "GET", "v1_model", self._v1_model)
 
