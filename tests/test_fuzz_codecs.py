@@ -67,9 +67,6 @@ def test_decode_column_and_text_rows_refuse_with_a_bad_request_only(shape, data,
         assert len(out) == (inp.shape[0] if inp.shape else 1)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="codecs/tensors.py decode_array: arr.reshape(shape) raises numpy's ValueError ('array is "
-                          "too big') for an empty tensor whose other dimensions overflow; found by the fuzzing above")
 @pytest.mark.parametrize("datatype", ["FP64", "BYTES"])
 def test_an_empty_tensor_of_an_impossible_shape_is_a_bad_request(datatype):
     with pytest.raises(BadRequest):

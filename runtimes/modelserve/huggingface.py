@@ -418,6 +418,8 @@ class HuggingFaceRuntime(TransformersOpenAI, Runtime):
     async def _predict_tensors(self, payload: InferenceRequest) -> Dict[str, np.ndarray]:
         """Token tensors (option tensor_input_names) straight to the model: no tokenizer."""
         rows = self._tensor_rows(payload)
+        if self.task != Task.FILL_MASK:
+            self._no_parameters(payload)
         if not self.options.disable_log_requests:
             logger.info("model '%s' request %s: %d row(s) of token tensors", self.name, payload.id, len(rows))
         if self.task == Task.FILL_MASK:
@@ -430,13 +432,21 @@ class HuggingFaceRuntime(TransformersOpenAI, Runtime):
         if self.task in GENERATION_TASKS:
             result = {"text": np.array(await self._generate(payload, texts), dtype=object)}
         elif self.task == Task.TOKEN_CLASSIFICATION:
+            self._no_parameters(payload)
             result = await self._token_classification(texts)
         elif self.task == Task.FILL_MASK:
             result = await self._fill_mask(payload, texts)
         else:
+            self._no_parameters(payload)
             rows = self._encode(texts)
             result = await self._coalescer(self.task, rows, len(rows))
         return result
+
+    def _no_parameters(self, payload: InferenceRequest) -> None:
+        """Classification and embedding tasks take no request parameters: a sent one is a typo, not ignored."""
+        unknown = list(request_parameters(payload))
+        if unknown:
+            raise BadRequest(f"unknown parameter '{unknown[0]}': task {self.task.value} takes no request parameters")
 
     async def _token_classification(self, texts: List[str]) -> Dict[str, np.ndarray]:
         full = self._encode(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
@@ -537,6 +547,7 @@ class HuggingFaceRuntime(TransformersOpenAI, Runtime):
 
     async def unload(self) -> bool:
         openai.unregister(self)
+        await self.requests_done()  # a reload unloads the old copy while requests may still be inside it
         if self.engine is not None:
             await self.engine.stop()
         coalescer = getattr(self, "_coalescer", None)

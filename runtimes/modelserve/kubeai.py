@@ -284,6 +284,7 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
     async def unload(self) -> bool:
         openai.unregister(self)
         disable_raw_uploads(self.name)
+        await self.requests_done()  # a reload unloads the old copy while requests may still be inside it
         if self.engine is not None:
             await self.engine.stop()
         if self.whisper is not None:

@@ -151,7 +151,7 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
         if kind == "transcriptions":
             if not raw:
                 raise OpenAIError("'file' is required: the audio file, as a multipart part named file", param="file")
-            result = await served.openai_call(kind, body, model_id, raw)
+            result = await _timed(served, served.openai_call(kind, body, model_id, raw))
             if isinstance(result, str):
                 media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(body.get("response_format"), "text/plain")
                 return Response(content=result, media_type=media)
@@ -159,7 +159,7 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise OpenAIError(f"'stream' must be true or false, got {stream!r}", param="stream")
-        result = await served.openai_call(kind, body, model_id, raw)
+        result = await _timed(served, served.openai_call(kind, body, model_id, raw))
         if stream and kind != "embeddings":
             return StreamingResponse(_guarded(result), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -168,6 +168,13 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
         return JSONResponse(result)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
         return _as_openai_error(exc).response()
+
+
+async def _timed(served: OpenAIServed, call) -> Any:
+    """The model's request_timeout (a 504) and in-flight count apply to the OpenAI routes as to V2; a stream's
+    timeout covers opening it."""
+    within = getattr(served, "within_timeout", None)
+    return await (within(call) if within is not None else call)
 
 
 async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

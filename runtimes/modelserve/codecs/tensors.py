@@ -57,7 +57,7 @@ def decode_array(inp: RequestInput) -> np.ndarray:
             raise BadRequest(f"input '{inp.name}': datatype BYTES needs strings")
         arr = np.empty(len(strs), dtype=object)
         arr[:] = strs
-        return arr.reshape(shape)
+        return _shaped(inp, arr, shape)
     np_dtype = _NUMERIC.get(dtype)
     if np_dtype is None:
         raise BadRequest(f"input '{inp.name}': unsupported datatype {dtype}")
@@ -82,7 +82,14 @@ def decode_array(inp: RequestInput) -> np.ndarray:
             raise BadRequest(f"input '{inp.name}': data does not fit datatype {dtype} ({exc})") from None
     if arr.size != expected:
         raise BadRequest(f"input '{inp.name}': shape {shape} needs {expected} values, got {arr.size}")
-    return arr.reshape(shape)
+    return _shaped(inp, arr, shape)
+
+
+def _shaped(inp: RequestInput, arr: np.ndarray, shape: List[int]) -> np.ndarray:
+    try:
+        return arr.reshape(shape)
+    except ValueError as exc:  # an empty tensor whose other dimensions overflow numpy ("array is too big")
+        raise BadRequest(f"input '{inp.name}': shape {shape} is not a valid tensor shape ({exc})") from None
 
 
 def decode_column(inp: RequestInput) -> np.ndarray:
