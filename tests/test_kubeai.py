@@ -345,3 +345,18 @@ def test_infinity_command_line_and_its_refusals(tmp_path, model_dir, monkeypatch
     msg = load_error(tmp_path, engine="Infinity", url=str(model_dir), engine_command="/bin/true",
                      adapters=[{"name": "a", "url": str(model_dir)}])
     assert "engine Infinity does not take adapters" in msg
+
+
+def test_the_documented_ollama_example_is_valid():
+    """examples/ollama is left out of ./settings (it needs a real Ollama) but must stay a valid model."""
+    import json
+
+    from modelserve.kubeai import KubeAIOptions
+    from modelserve.options import Engine, parse_options
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ollama" / "model-settings.json"
+    data = json.loads(path.read_text())
+    assert data["implementation"] == "modelserve.kubeai.KubeAIRuntime" and data["parallel_workers"] == 0
+    opts = parse_options(KubeAIOptions, ModelSettings(name=data["name"], implementation=KubeAIRuntime,
+                                                      parameters=ModelParameters(**data["parameters"])))
+    assert opts.engine == Engine.OLLAMA and opts.url.startswith("ollama://")
