@@ -192,6 +192,8 @@ async def generate_route(request):
     if bad is not None:
         return bad
     prompt = data.get("prompt") or ""
+    if prompt.startswith("sleep:"):  # test hook: a slow generation, for request timeouts
+        await asyncio.sleep(float(prompt[6:]))
     LOADED[tag(name)] = data.get("keep_alive")
     if not prompt:  # Ollama: an empty prompt only loads the model
         return web.json_response({"model": name, "created_at": "2026-11-25T00:00:00Z", "response": "",

@@ -70,6 +70,7 @@ def server(tmp_path_factory, host):
     root = tmp_path_factory.mktemp("ollama-server")
     write_model(root, "llm", ollama_model(f"ollama://{GEN}", max_tokens_limit=64))
     write_model(root, "emb", ollama_model(f"ollama://{EMB}", features=["TextEmbedding"]))
+    write_model(root, "slow", ollama_model(f"ollama://{GEN}", request_timeout=0.5))
     write_model(root, "missing", ollama_model("ollama://no-such-model:7b"))
     (root / "missing" / "model-settings.json").rename(root / "missing.json")  # loaded by a test, not at start
     srv = Server(root, parallel_workers=0, env={"OLLAMA_HOST": host}).start(timeout=180)
@@ -178,6 +179,32 @@ def test_an_unknown_ollama_model_fails_its_load_clearly(server):
     assert "Ollama could not pull 'no-such-model:7b'" in res.json()["error"]
     assert server.infer("llm", {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1],
                                             "data": ["still"]}]}).status_code == 200, server.log()[-3000:]
+
+
+@pytest.mark.skipif(bool(REAL), reason="needs the stand-in's slow prompt")
+def test_request_timeout_is_a_504_on_v2_and_on_the_openai_routes(server):
+    started = time.monotonic()
+    res = requests.post(server.url + "/v1/completions", json={"model": "slow", "prompt": "sleep:5"}, timeout=30)
+    assert res.status_code == 504 and "request_timeout" in res.json()["error"]["message"], res.text
+    assert time.monotonic() - started < 3
+    res = server.infer("slow", {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["sleep:5"]}]})
+    assert res.status_code == 504, res.text
+    ok = server.client.completions.create(model="slow", prompt="The sea", max_tokens=4, **OPTS)
+    assert ok.choices[0].text
+
+
+@pytest.mark.skipif(bool(REAL), reason="needs the stand-in's slow prompt")
+def test_a_reload_answers_the_requests_inside_the_old_copy(server):
+    """MLServer unloads the old copy while requests are still inside it: unload waits for them."""
+    import concurrent.futures as cf
+
+    body = {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["sleep:1"]}]}
+    with cf.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(server.infer, "llm", body) for _ in range(4)]
+        time.sleep(0.3)  # inside the model, waiting on Ollama
+        assert server.load("llm").status_code == 200
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [200] * 4, statuses
 
 
 # -- `ollama serve` started and supervised by the runtime -----------------------------------------------------

@@ -225,9 +225,6 @@ class OllamaOpenAI:
                 raise self.engine.unavailable(exc) from None
             raise
 
-    async def get(self, path: str) -> Any:
-        return {"object": "list", "data": [{"id": self.engine.name}]}
-
     async def post(self, path: str, body: dict) -> dict:
         c = self.engine.client()
         tag = self.engine.tag
@@ -261,9 +258,10 @@ class OllamaOpenAI:
                                       sum(r.eval_count or 0 for r in results))
 
     async def post_raw(self, path: str, raw: bytes) -> dict:
-        import json
+        """The OpenAI routes' pass-through call: Ollama needs the body translated, so it is parsed here."""
+        import orjson
 
-        return await self.post(path, json.loads(raw))
+        return await self.post(path, orjson.loads(raw))
 
     async def stream(self, path: str, body: dict, raw: Optional[bytes] = None) -> AsyncIterator[bytes]:
         """Checks and opens the stream before the first byte, so errors still get their status."""
@@ -301,6 +299,3 @@ class OllamaOpenAI:
             return await self._call(iterator.__anext__)
         except StopAsyncIteration:
             return None
-
-    async def close(self) -> None:
-        return None
