@@ -66,7 +66,8 @@ class RuntimeOptions(BaseModel):
     Unknown keys are refused (``extra="forbid"``) so that a typo fails the load instead of being ignored.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # field docstrings become the fields' descriptions: docs/ option tables are generated from them
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     cache_dir: Optional[str] = None
     """Where remote models (s3://) are downloaded; default $MODELSERVE_CACHE_DIR or ~/.cache/modelserve."""
