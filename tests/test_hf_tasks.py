@@ -221,7 +221,7 @@ def test_generation_parameters_are_checked(tiny):
     assert "parameter 'top_p'" in bad_request(rt, PROMPTS[:1], top_p=1.5)
     assert "parameter 'temperature'" in bad_request(rt, PROMPTS[:1], temperature=-1)
     assert "parameter 'do_sample' must be true or false" in bad_request(rt, PROMPTS[:1], do_sample="yes")
-    assert "parameter 'stop' must be a list" in bad_request(rt, PROMPTS[:1], stop=[1])
+    assert "parameter 'stop' must be a string or a list" in bad_request(rt, PROMPTS[:1], stop=[1])
 
 
 def _stream(rt, prompts, **params):
@@ -292,6 +292,6 @@ def test_a_failing_streamed_generation_ends_with_an_error_not_a_hang(tiny, monke
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(rt.model, "generate", broken)
+    monkeypatch.setattr(rt.backend.model, "generate", broken)
     with pytest.raises(InternalError, match="RuntimeError: out of memory"):
         _stream(rt, PROMPTS[:1], max_new_tokens=3)

@@ -136,7 +136,7 @@ def test_pooling_mode_comes_from_the_sentence_transformers_config(tmp_path, pool
 
     folder = minilm_variant(tmp_path / pooling, pooling, normalize=False)
     rt = loaded(folder)
-    assert rt.pooling == pooling and rt.normalize is False
+    assert rt.backend.pooling == pooling and rt.backend.normalize is False
     np.testing.assert_allclose(infer(rt, TEXTS)["embedding"],
                                SentenceTransformer(str(folder), device="cpu").encode(TEXTS), atol=1e-4)
 
@@ -180,16 +180,16 @@ def test_disable_lower_case_keeps_case():
 
 def test_disable_special_tokens_drops_cls_and_sep(hf):
     rt = loaded(hf["encoder"], disable_special_tokens=True)
-    tok = rt.tokenizer
-    ids = rt._encode(["hello world"])[0]["input_ids"]
+    tok = rt.backend.tokenizer
+    ids = rt.backend.encode(["hello world"])[0]["input_ids"]
     assert tok.cls_token_id not in ids and tok.sep_token_id not in ids
     np.testing.assert_allclose(infer(rt, ["hello world"])["embedding"],
                                direct_mean_pool(hf["encoder"], ["hello world"], add_special_tokens=False), atol=1e-4)
 
 
 def test_return_token_type_ids_controls_the_tokenizer_output(hf):
-    assert "token_type_ids" in loaded(hf["encoder"])._encode(["a"])[0]  # BERT's default
-    assert "token_type_ids" not in loaded(hf["encoder"], return_token_type_ids=False)._encode(["a"])[0]
+    assert "token_type_ids" in loaded(hf["encoder"]).backend.encode(["a"])[0]  # BERT's default
+    assert "token_type_ids" not in loaded(hf["encoder"], return_token_type_ids=False).backend.encode(["a"])[0]
     assert infer(loaded(hf["encoder"], return_token_type_ids=False), ["a b"])["embedding"].shape == (1, 32)
 
 
@@ -214,7 +214,7 @@ def test_return_probabilities_gives_the_full_distribution(hf):
 def test_requested_outputs_pick_among_label_score_probabilities(hf):
     out = infer(loaded(hf["classifier"]), TEXTS[:2], outputs=["probabilities", "label"])
     assert list(out) == ["probabilities", "label"]
-    assert "unknown output 'embedding': this model offers label, score, probabilities" in bad_request(
+    assert "unknown output 'embedding' (this model offers: label, score, probabilities)" in bad_request(
         loaded(hf["classifier"]), request(["x"], outputs=["embedding"]))
 
 
@@ -232,7 +232,9 @@ def test_options_without_a_vllm_equivalent_are_refused_with_backend_vllm(hf):
 def test_auto_stays_on_transformers_without_a_gpu(hf, monkeypatch):
     monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
     rt = loaded(hf["classifier"])
-    assert rt.engine is None and rt.model is not None
+    from modelserve.backends.transformers import TransformersBackend
+
+    assert isinstance(rt.backend, TransformersBackend) and rt.backend.model is not None
 
 
 def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
@@ -240,8 +242,8 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
     sizes = [1, 4, 2, 3, 1, 5]
     batches = [[f"text {i} {j} " * (1 + j % 4) for j in range(n)] for i, n in enumerate(sizes)]
     calls = []
-    orig = rt._call
-    rt._call = lambda key, rows: calls.append(len(rows)) or orig(key, rows)
+    orig = rt.backend._call
+    rt.backend._call = lambda key, rows: calls.append(len(rows)) or orig(key, rows)
 
     async def run_all():
         return await asyncio.gather(*(rt.predict(request(b)) for b in batches))
@@ -249,7 +251,7 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
     try:
         results = asyncio.run(run_all())
     finally:
-        rt._call = orig
+        rt.backend._call = orig
     assert len(calls) < len(sizes)  # merged into fewer forward passes
     for texts, res in zip(batches, results):
         got = _array(res.outputs[0])
@@ -263,7 +265,7 @@ def test_half_dtypes_fall_back_to_float32_on_cpu_with_a_warning(hf, caplog):
 
     with caplog.at_level(logging.WARNING, logger="mlserver.modelserve.huggingface"):
         rt = loaded(hf["encoder"], dtype="float16")
-    assert next(rt.model.parameters()).dtype == torch.float32
+    assert next(rt.backend.model.parameters()).dtype == torch.float32
     assert "dtype FLOAT16 is not used on CPU" in caplog.text
     assert "'AUTO', 'FLOAT32'" in load_error(hf["encoder"], dtype="float8")
 
@@ -396,20 +398,20 @@ def test_tensor_inputs_give_what_the_same_texts_give(hf, tmp_path):
     assert [i.name for i in emb_rt.inputs] == ["text"] + TENSORS
     want = infer(emb_rt, TEXTS)["embedding"]
     for dtype in ("INT64", "INT32"):
-        got = infer_request(emb_rt, tensor_request(emb_rt.tokenizer, TEXTS, dtype=dtype))["embedding"]
+        got = infer_request(emb_rt, tensor_request(emb_rt.backend.tokenizer, TEXTS, dtype=dtype))["embedding"]
         np.testing.assert_allclose(got, want, atol=1e-5)
     # attention_mask may be left out when the rows are not padded
-    got = infer_request(emb_rt, tensor_request(emb_rt.tokenizer, TEXTS[:1], names=["input_ids"]))["embedding"]
+    got = infer_request(emb_rt, tensor_request(emb_rt.backend.tokenizer, TEXTS[:1], names=["input_ids"]))["embedding"]
     np.testing.assert_allclose(got, want[:1], atol=1e-5)
 
     cls_rt = loaded(hf["classifier"], tensor_input_names=TENSORS[:2], return_probabilities=True)
-    got = infer_request(cls_rt, tensor_request(cls_rt.tokenizer, TEXTS, names=TENSORS[:2]))["probabilities"]
+    got = infer_request(cls_rt, tensor_request(cls_rt.backend.tokenizer, TEXTS, names=TENSORS[:2]))["probabilities"]
     np.testing.assert_allclose(got, direct_classifier(hf["classifier"], TEXTS), atol=1e-5)
     np.testing.assert_allclose(got, infer(cls_rt, TEXTS)["probabilities"], atol=1e-5)
 
     mlm_rt = loaded(build_masked_lm(tmp_path / "mlm"), tensor_input_names=TENSORS[:2])
     texts = ["Paris is the [MASK] of France.", "I like [MASK]."]
-    got = infer_request(mlm_rt, tensor_request(mlm_rt.tokenizer, texts, names=TENSORS[:2]))
+    got = infer_request(mlm_rt, tensor_request(mlm_rt.backend.tokenizer, texts, names=TENSORS[:2]))
     want = infer(mlm_rt, texts)
     assert got["tokens"].tolist() == want["tokens"].tolist()
     np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
@@ -417,13 +419,13 @@ def test_tensor_inputs_give_what_the_same_texts_give(hf, tmp_path):
 
 def test_tensor_inputs_are_refused_without_the_option(hf):
     rt = loaded(hf["classifier"])
-    assert "takes text (datatype BYTES), got INT64" in bad_request(rt, tensor_request(rt.tokenizer, TEXTS[:2],
+    assert "takes text (datatype BYTES), got INT64" in bad_request(rt, tensor_request(rt.backend.tokenizer, TEXTS[:2],
                                                                                       names=["input_ids"]))
 
 
 def test_bad_tensor_requests_are_400_naming_the_problem(hf):
     rt = loaded(hf["classifier"], tensor_input_names=TENSORS[:2])
-    tok = rt.tokenizer
+    tok = rt.backend.tokenizer
     msg = bad_request(rt, tensor_request(tok, TEXTS[:2]))  # token_type_ids is not in the option
     assert "unexpected input(s) 'token_type_ids'" in msg and "input_ids, attention_mask" in msg
     assert "no 'input_ids'" in bad_request(rt, tensor_request(tok, TEXTS[:2], names=["attention_mask"]))
@@ -443,11 +445,10 @@ def test_bad_tensor_requests_are_400_naming_the_problem(hf):
 def test_token_classification_and_fill_mask_tensor_requests(tmp_path):
     from .hf_models import build_masked_lm, build_token_classifier
 
-    rt = loaded(build_token_classifier(tmp_path / "tagger"), tensor_input_names=["input_ids"])
-    msg = bad_request(rt, tensor_request(rt.tokenizer, TEXTS[:1], names=["input_ids"]))
-    assert "token_classification needs text" in msg
+    msg = load_error(build_token_classifier(tmp_path / "tagger"), tensor_input_names=["input_ids"])
+    assert "task is 'token_classification' (it reports character offsets, so it needs text)" in msg
     rt = loaded(build_masked_lm(tmp_path / "mlm"), tensor_input_names=["input_ids"])
-    msg = bad_request(rt, tensor_request(rt.tokenizer, ["no mask"], names=["input_ids"]))
+    msg = bad_request(rt, tensor_request(rt.backend.tokenizer, ["no mask"], names=["input_ids"]))
     assert "row 0 has no mask token: put [MASK]" in msg
 
 

@@ -15,7 +15,7 @@ from modelserve.engines.vllm import launch, serve_args
 from modelserve.engines.workdir import write_files
 from modelserve.errors import BadRequest, ModelLoadError
 from modelserve.kubeai import KubeAIRuntime
-from modelserve.llm import parse_messages
+from modelserve.backends.engine import parse_messages
 
 
 def load_error(tmp_path: Path, uri=None, **extra) -> str:
@@ -266,7 +266,7 @@ def test_the_engine_gets_our_arguments_then_the_users_and_the_env_and_files(tmp_
                      max_tokens=7)
         await rt.load()
         try:
-            debug = await asyncio.to_thread(lambda: requests.get(rt.engine.base_url() + "/debug", timeout=5).json())
+            debug = await asyncio.to_thread(lambda: requests.get(rt.backend.engine.base_url() + "/debug", timeout=5).json())
             texts = [(await rt.predict(prompt_request("hi", **p))).outputs[0].data.root[0]
                      for p in ({}, {"adapter": "sql", "max_tokens": 5})]
             with pytest.raises(BadRequest, match="unknown adapter 'nope'"):

@@ -1,4 +1,4 @@
-"""engines/whisper.py and speech.py without a server: load refusals, args, parameters, audio inputs, subtitles."""
+"""engines/whisper.py, backends/speech.py and codecs/audio.py without a server: load refusals, args, parameters, audio inputs, subtitles."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import RequestInput
 
-from modelserve.codecs.params import number
 from modelserve.engines.whisper import parse_args, transcribe_options
 from modelserve.errors import BadRequest, ModelLoadError
 from modelserve.kubeai import KubeAIRuntime
-from modelserve.speech import audio_rows, subtitles
+from modelserve.backends.speech import subtitles
+from modelserve.codecs.audio import audio_rows
 
 pytest.importorskip("faster_whisper")
 
@@ -59,14 +59,14 @@ def test_parameters_are_checked_and_mapped():
     langs = ["en", "de"]
     assert transcribe_options({"language": "de", "task": "translate", "beam_size": "3", "temperature": 0,
                                "vad_filter": "true", "word_timestamps": False, "initial_prompt": "Hi"},
-                              langs, number) == {"language": "de", "task": "translate", "beam_size": 3,
+                              langs) == {"language": "de", "task": "translate", "beam_size": 3,
                                                  "temperature": 0.0, "vad_filter": True, "word_timestamps": False,
                                                  "initial_prompt": "Hi"}
-    assert transcribe_options({"language": None, "initial_prompt": ""}, langs, number) == {}
+    assert transcribe_options({"language": None, "initial_prompt": ""}, langs) == {}
     for params, fragment in [({"language": "fr"}, "parameter 'language'"), ({"temperature": 2}, "allowed range"),
                              ({"vad_filter": "yes"}, "must be true or false"), ({"top_k": 3}, "unknown parameter")]:
         with pytest.raises(BadRequest, match=fragment):
-            transcribe_options(params, langs, number)
+            transcribe_options(params, langs)
 
 
 def test_audio_rows_take_files_and_pcm():

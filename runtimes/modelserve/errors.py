@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-
 from fastapi import HTTPException, status
 from mlserver.errors import MLServerError
 
@@ -72,42 +70,3 @@ class Unavailable(HTTPException, MLServerError):
 
     def __reduce__(self):
         return (type(self), (str(self.detail), self.retry_after))
-
-
-def _map_grpc_statuses() -> None:
-    """MLServer 1.7.1's gRPC side maps only 400/404/422/500 and answers any other status UNKNOWN: add
-    503 -> UNAVAILABLE and 504 -> DEADLINE_EXCEEDED, the codes gRPC clients retry or report as such."""
-    try:
-        import grpc
-        from mlserver.grpc.utils import STATUS_CODE_MAPPING
-    except ImportError:  # pragma: no cover - grpcio is one of MLServer's own requirements
-        return
-    STATUS_CODE_MAPPING.setdefault(status.HTTP_503_SERVICE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
-    STATUS_CODE_MAPPING.setdefault(status.HTTP_504_GATEWAY_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-def _check_raw_contents() -> None:
-    """MLServer 1.7.1 unpacks gRPC ``raw_input_contents`` before any model code runs; a buffer whose length
-    does not fit its input's datatype and shape, or fewer buffers than inputs, raised ``struct.error`` or
-    ``IndexError`` there and was answered INTERNAL. Both are the client's mistake: INVALID_ARGUMENT."""
-    try:
-        from mlserver.grpc import converters
-    except ImportError:  # pragma: no cover
-        return
-    original = converters.inject_raw
-    if getattr(original, "modelserve_checked", False):
-        return
-
-    def inject_raw(elems, raw_contents):
-        try:
-            return original(elems, raw_contents)
-        except (struct.error, IndexError) as exc:
-            raise BadRequest("raw_input_contents do not fit the inputs (one buffer per input without data, "
-                             f"of its datatype's size times its shape): {exc}") from None
-
-    inject_raw.modelserve_checked = True  # type: ignore[attr-defined]
-    converters.inject_raw = inject_raw
-
-
-_map_grpc_statuses()
-_check_raw_contents()

@@ -7,18 +7,17 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import AsyncIterator, Dict, List, Optional
+from typing import Awaitable, Callable, Dict, List, Optional
 
-from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from . import openai, storage
+from . import storage
+from .backends import Backend
+from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, EngineBackend
 from .engines.workdir import workdir, write_files
 from .errors import ModelLoadError
-from .llm import EngineLLM
 from .options import Engine, Feature, RuntimeOptions
 from .runtime import Runtime
-from .speech import SpeechModel, disable_raw_uploads, enable_raw_uploads
 
 logger = logging.getLogger("mlserver.modelserve.kubeai")
 
@@ -34,7 +33,6 @@ DEFAULT_FEATURE = {
     Engine.FASTER_WHISPER: Feature.SPEECH_TO_TEXT,
     Engine.INFINITY: Feature.TEXT_EMBEDDING,
 }
-AVAILABLE_ENGINES = (Engine.VLLM, Engine.INFINITY, Engine.FASTER_WHISPER, Engine.OLLAMA)
 URL_SCHEMES = ("", "file", "hf", "s3", "pvc", "store")
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -77,6 +75,8 @@ class Scaling(_Strict):
 
 
 class KubeAIOptions(RuntimeOptions):
+    """A KubeAI Model's spec fields (engine, features, url, adapters, args, env, files, ...) and ours."""
+
     engine: Engine
     """VLLM, OLlama, FasterWhisper or Infinity; default $MODELSERVE_KUBEAI_ENGINE (set by each engine's image,
     so that a model with only a uri is served with MLSERVER_MODEL_IMPLEMENTATION alone)."""
@@ -126,17 +126,14 @@ class KubeAIOptions(RuntimeOptions):
         return self
 
 
-class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
-    """One engine process per model. Load it with ``parallel_workers: 0`` in model-settings.json so that
-    the engine starts once (not once per MLServer worker) and streams reach the client."""
+class KubeAIRuntime(Runtime):
+    """One engine per model: vLLM and Infinity as supervised servers, Ollama through its client, FasterWhisper
+    in-process (``ENGINES``). Load it with ``parallel_workers: 0`` in model-settings.json so that the engine
+    starts once (not once per MLServer worker) and streams reach the client."""
 
     options_class = KubeAIOptions
+    openai_routes = True
 
-    def __init__(self, settings):
-        super().__init__(settings)
-        openai.add_routes(self)
-
-    # -- loading -----------------------------------------------------------------------------------
     async def _load(self) -> None:
         opts: KubeAIOptions = self.options
         supported = ENGINE_FEATURES[opts.engine]
@@ -145,53 +142,59 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
         if bad:
             raise ModelLoadError(self.name, f"engine {opts.engine.value} does not support feature {bad[0]} "
                                             f"(it supports: {', '.join(sorted(f.value for f in supported))})")
-        if opts.engine not in AVAILABLE_ENGINES:
-            raise ModelLoadError(self.name, f"engine {opts.engine.value} is not available in this version of "
-                                            f"modelserve (available: {', '.join(e.value for e in AVAILABLE_ENGINES)})")
-        if opts.engine == Engine.VLLM and len(self.features) > 1:
-            raise ModelLoadError(self.name, "vLLM runs one model either for generation or for embeddings: list "
-                                            "TextGeneration or TextEmbedding, not both (serve the model twice for both)")
         if multiprocessing_worker():
             logger.warning("model '%s' is loaded in an MLServer worker process: every worker starts its own engine "
                            "and streams cannot reach clients; set \"parallel_workers\": 0 in its model-settings.json",
                            self.name)
-
         folder = workdir(self.name, opts.cache_dir)
         write_files(self.name, folder, [(f.path, f.content) for f in opts.files])
-        self.max_tokens, self.max_tokens_limit = min(opts.max_tokens, opts.max_tokens_limit), opts.max_tokens_limit
-        if opts.engine == Engine.OLLAMA:
-            await self._load_ollama(folder)
-            return
-        if opts.engine_url is None:
-            model_path = await self._resolve(self._model_url(), "url")
-            adapters = {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
-        else:  # an attached engine loaded its model and adapters itself; it must list them (checked on start)
-            model_path, adapters = None, {a.name: Path(a.url) for a in opts.adapters}
-        self.adapters = list(adapters)
-        self.embedding = Feature.TEXT_EMBEDDING in self.features
+        self.backend = await ENGINES[opts.engine](self, folder)
 
-        if opts.engine == Engine.FASTER_WHISPER:
-            await self._load_whisper(model_path, adapters)
-            return
-        common = dict(args=opts.args, env=opts.env, cwd=folder, engine_command=opts.engine_command,
-                      engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
-                      on_failed=self._engine_failed)
-        if opts.engine == Engine.INFINITY:
-            from .engines.infinity import InfinityEngine
+    # -- one factory per engine ----------------------------------------------------------------------
+    async def _model_and_adapters(self) -> tuple[Optional[Path], Dict[str, Path]]:
+        opts: KubeAIOptions = self.options
+        if opts.engine_url is not None:  # an attached engine loaded its model and adapters itself (checked on start)
+            return None, {a.name: Path(a.url) for a in opts.adapters}
+        model_path = await self._resolve(self._model_url(), "url")
+        return model_path, {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
 
-            if adapters:
-                raise ModelLoadError(self.name, "engine Infinity does not take adapters (LoRA adapters are for "
-                                                "VLLM and OLlama)")
-            self.engine = InfinityEngine(self.name, model_path, **common)
-        else:
-            from .engines.vllm import VLLMEngine
+    def _engine_options(self, folder: Path) -> dict:
+        opts: KubeAIOptions = self.options
+        return dict(args=opts.args, env=opts.env, cwd=folder, engine_command=opts.engine_command,
+                    engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
+                    on_failed=self._backend_failed)
 
-            self.engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=self.embedding, **common)
-        await self.engine.start()
-        self._engine_metadata()
-        openai.register(self)
+    def _engine_backend(self, engine, embedding: bool, adapters=(), openai_kinds=None) -> EngineBackend:
+        opts: KubeAIOptions = self.options
+        return EngineBackend(self.name, self.version, engine, embedding=embedding, adapters=adapters,
+                             max_tokens=opts.max_tokens, max_tokens_limit=opts.max_tokens_limit,
+                             openai_kinds=openai_kinds)
 
-    async def _load_ollama(self, folder: Path) -> None:
+    async def _vllm(self, folder: Path) -> Backend:
+        from .engines.vllm import VLLMEngine
+
+        if len(self.features) > 1:
+            raise ModelLoadError(self.name, "vLLM runs one model either for generation or for embeddings: list "
+                                            "TextGeneration or TextEmbedding, not both (serve the model twice for both)")
+        model_path, adapters = await self._model_and_adapters()
+        embedding = Feature.TEXT_EMBEDDING in self.features
+        engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding,
+                            **self._engine_options(folder))
+        await engine.start()
+        return self._engine_backend(engine, embedding, list(adapters))
+
+    async def _infinity(self, folder: Path) -> Backend:
+        from .engines.infinity import InfinityEngine
+
+        model_path, adapters = await self._model_and_adapters()
+        if adapters:
+            raise ModelLoadError(self.name, "engine Infinity does not take adapters (LoRA adapters are for "
+                                            "VLLM and OLlama)")
+        engine = InfinityEngine(self.name, model_path, **self._engine_options(folder))
+        await engine.start()
+        return self._engine_backend(engine, True)
+
+    async def _ollama(self, folder: Path) -> Backend:
         """The model is an Ollama name (ollama://name[:tag]) that Ollama pulls itself. V2 serves the first
         feature listed; the OpenAI routes serve every listed one (an Ollama model may embed and generate)."""
         opts: KubeAIOptions = self.options
@@ -208,58 +211,30 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
             tag = model_tag(url)
         except ValueError as exc:
             raise ModelLoadError(self.name, f"url: {exc}") from None
-        self.adapters, self.embedding = [], self.features[0] == Feature.TEXT_EMBEDDING
-        self.engine = OllamaEngine(
-            self.name, tag, engine_url=opts.engine_url, engine_command=opts.engine_command, env=opts.env,
-            args=opts.args, cwd=folder, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
-            on_failed=self._engine_failed, generation=Feature.TEXT_GENERATION in self.features,
-            embedding=Feature.TEXT_EMBEDDING in self.features)
-        await self.engine.start()
-        self._engine_metadata()
-        openai.register(self)
+        generation, embedding = Feature.TEXT_GENERATION in self.features, Feature.TEXT_EMBEDDING in self.features
+        engine = OllamaEngine(self.name, tag, generation=generation, embedding=embedding,
+                              **self._engine_options(folder))
+        await engine.start()
+        kinds = (GENERATION_KINDS if generation else frozenset()) | (EMBEDDING_KINDS if embedding else frozenset())
+        return self._engine_backend(engine, self.features[0] == Feature.TEXT_EMBEDDING, openai_kinds=kinds)
 
-    async def _load_whisper(self, model_path: Optional[Path], adapters: dict) -> None:
+    async def _whisper(self, folder: Path) -> Backend:
         """In-process (engines/whisper.py): no server, so the options for one are refused, not ignored."""
         opts: KubeAIOptions = self.options
+        from .backends.speech import SpeechBackend
         from .engines.whisper import WhisperEngine
 
+        model_path, adapters = await self._model_and_adapters()
         for key, given in (("adapters", adapters), ("env", opts.env), ("engine_url", opts.engine_url),
                            ("engine_command", opts.engine_command)):
             if given:
                 raise ModelLoadError(self.name, f"option '{key}' is for engines that run as their own server; "
                                                 "FasterWhisper runs in MLServer's process")
-        self.whisper = WhisperEngine(self.name, model_path, opts.args)
-        await self.whisper.start()
-        self._speech_metadata()
-        enable_raw_uploads(self.name)
-        openai.register(self)
+        whisper = WhisperEngine(self.name, model_path, opts.args)
+        await whisper.start()
+        return SpeechBackend(self.name, self.version, whisper)
 
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        if self.whisper is not None:
-            return await self._speech_predict(payload)
-        return await self._engine_predict(payload)
-
-    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
-        first = await payloads.__anext__()
-        if self.whisper is not None:  # a transcription is returned whole
-            yield await self._speech_predict(first)
-            return
-        async for response in self._engine_stream(first):
-            yield response
-
-    def openai_supports(self, kind: str) -> bool:
-        if self.whisper is not None:
-            return kind == "transcriptions"
-        if self.options.engine == Engine.OLLAMA:
-            wanted = Feature.TEXT_EMBEDDING if kind == "embeddings" else Feature.TEXT_GENERATION
-            return kind in ("embeddings", "completions", "chat") and wanted in self.features
-        return super().openai_supports(kind)
-
-    async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes):
-        if self.whisper is not None:
-            return await self._speech_openai(body, raw)
-        return await self._engine_openai_call(kind, body, model_id, raw)
-
+    # -- the model's location ------------------------------------------------------------------------
     def _model_url(self) -> str:
         url = self.options.url or (self.settings.parameters.uri if self.settings.parameters else None)
         if not url or not url.strip():
@@ -281,20 +256,17 @@ class KubeAIRuntime(SpeechModel, EngineLLM, Runtime):
             raise ModelLoadError(self.name, f"{what}: {path} is not a folder (expected a model folder)")
         return path
 
-    async def unload(self) -> bool:
-        openai.unregister(self)
-        disable_raw_uploads(self.name)
-        await self.requests_done()  # a reload unloads the old copy while requests may still be inside it
-        if self.engine is not None:
-            await self.engine.stop()
-        if self.whisper is not None:
-            await self.whisper.stop()
-        return True
+
+ENGINES: Dict[Engine, Callable[[KubeAIRuntime, Path], Awaitable[Backend]]] = {
+    Engine.VLLM: KubeAIRuntime._vllm,
+    Engine.INFINITY: KubeAIRuntime._infinity,
+    Engine.OLLAMA: KubeAIRuntime._ollama,
+    Engine.FASTER_WHISPER: KubeAIRuntime._whisper,
+}
+"""Engine -> the factory that starts it and returns its backend."""
 
 
 def multiprocessing_worker() -> bool:
     import multiprocessing
 
     return multiprocessing.parent_process() is not None
-
-

@@ -16,7 +16,8 @@ from mlserver.types import InferenceRequest, InferenceResponse
 from . import storage
 from .errors import BadRequest, ModelLoadError, one_line
 from .options import RuntimeOptions, parse_options
-from .runtime import MODEL_FILE_LOCK, Runtime, request_parameters
+from .codecs.requests import request_parameters, wanted_outputs
+from .runtime import MODEL_FILE_LOCK, Runtime
 
 logger = logging.getLogger("mlserver.modelserve.mlflow")
 
@@ -94,10 +95,7 @@ class MLflowRuntime(Runtime):
         outputs = self.codec.encode(await self._call(data, params))
         if payload.outputs:
             by_name = {o.name: o for o in outputs}
-            unknown = [o.name for o in payload.outputs if o.name not in by_name]
-            if unknown:
-                raise BadRequest(f"unknown output '{unknown[0]}': this model returns {', '.join(by_name)}")
-            outputs = [by_name[o.name] for o in payload.outputs]
+            outputs = [by_name[n] for n in wanted_outputs(payload, list(by_name), by_name)]
         return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id,
                                  outputs=outputs)
 

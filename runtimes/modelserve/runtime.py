@@ -1,24 +1,27 @@
-"""The base every modelserve runtime subclasses: typed options, error discipline and the KServe V1 routes."""
+"""The base every modelserve runtime subclasses: typed options, templates for every MLServer hook (load,
+predict, predict_stream, unload, the OpenAI routes) with one error discipline, the KServe V1 routes."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import threading
-from typing import Any, Awaitable, ClassVar, Type, TypeVar
+from typing import Any, AsyncIterator, Awaitable, ClassVar, List, Optional, Type, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from mlserver import MLModel
 from mlserver.errors import MLServerError
-from mlserver.handlers.custom import CustomHandler, register_custom_handler
 from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import ValidationError
 
+from . import mlserver_compat
+from .backends import Backend
 from .codecs import v1_request_to_v2, v2_response_to_v1
+from .codecs.requests import parse_json
 from .errors import BadRequest, InternalError, ModelLoadError, RequestTimeout, one_line
+from .openai import routes as openai_routes
 from .options import RuntimeOptions, parse_options
 
 logger = logging.getLogger("mlserver.modelserve")
@@ -28,28 +31,6 @@ MODEL_FILE_LOCK = threading.Lock()
 """Held while a model file is deserialised. MLServer loads models concurrently, and unpickling in
 parallel threads imports the same modules at once, which Python's import machinery can report as a
 deadlock (``_DeadlockError``, seen with sklearn). Loading is rare; one file at a time costs nothing."""
-
-
-async def _raw_body(request: Request) -> bytes:
-    """The request body as bytes: parsed by us, so a missing Content-Type or bad JSON gets a clear 400."""
-    return await request.body()
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body or b"null")
-    except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-
-
-def request_parameters(payload: InferenceRequest) -> dict:
-    """The request's own ``parameters`` (pydantic extras), without MLServer's content_type and headers.
-
-    Values are kept as sent, None included: a float sent over MLServer's gRPC arrives as None, and a
-    runtime must say so rather than silently ignore it.
-    """
-    params = payload.parameters
-    return dict(params.model_extra or {}) if params is not None else {}
 
 
 def _freeze_heap() -> None:
@@ -64,26 +45,32 @@ def _freeze_heap() -> None:
 
 
 class Runtime(MLModel):
-    """Subclasses set ``options_class`` and implement ``_load()`` and ``_predict()``.
+    """Subclasses set ``options_class`` and implement ``_load()``, which either sets ``self.backend`` (then
+    predict, streams, the OpenAI routes and unload go to it) or comes with ``_predict()`` (and ``_unload()``).
 
-    ``load()`` and ``predict()`` turn any exception into an MLServer error with a status code and a
-    one-line message: MLServer would otherwise answer 500 with a full traceback (debug mode).
+    The public hooks are templates: any exception becomes an MLServer error with a status code and a one-line
+    message (MLServer would answer 500 with a full traceback in debug mode); every request, stream and OpenAI
+    call is counted while it runs, so that ``unload()`` waits for them; ``request_timeout`` applies to each
+    request (to a stream's opening).
     """
 
     options_class: ClassVar[Type[RuntimeOptions]] = RuntimeOptions
-    _in_flight = 0  # requests inside this copy of the model (see requests_done)
+    openai_routes: ClassVar[bool] = False
+    """True: the model adds the OpenAI routes (served when its backend answers any)."""
+    backend: Optional[Backend] = None
+    _in_flight = 0  # requests and streams inside this copy of the model (see requests_done)
 
     def __init__(self, settings: ModelSettings):
+        mlserver_compat.apply()
         super().__init__(settings)
         self._add_route(f"/v1/models/{settings.name}:predict", "POST", "v1_predict", self._v1_predict)
         self._add_route(f"/v1/models/{settings.name}", "GET", "v1_model", self._v1_model)
+        if self.openai_routes:
+            openai_routes.add_routes(self)
 
     def _add_route(self, path: str, method: str, attr: str, target) -> None:
-        """A REST route for this model only; MLServer adds it on load and removes it on unload.
-
-        Set as an instance attribute under ``attr`` so that, with parallel workers, MLServer forwards
-        the call to the same method on the worker's copy of the model.
-        """
+        """A REST route for this model only (mlserver_compat.add_custom_handler): a POST's JSON body goes to
+        ``target`` under the request template, a GET calls ``target()``."""
         if method == "GET":
 
             async def handler() -> Any:
@@ -91,18 +78,18 @@ class Runtime(MLModel):
 
         else:
 
-            async def handler(body: bytes = Depends(_raw_body)) -> Any:  # type: ignore[misc]
-                return await self.within_timeout(target(parse_json(body)))
+            async def handler(body: bytes = Depends(mlserver_compat.raw_body)) -> Any:  # type: ignore[misc]
+                return await self._request(target(parse_json(body)))
 
-        handler.__name__ = attr
-        register_custom_handler(CustomHandler(rest_path=path, rest_method=method), handler)
-        setattr(self, attr, handler)
+        mlserver_compat.add_custom_handler(self, path, method, attr, handler)
 
     # -- loading -----------------------------------------------------------------------------------
     async def load(self) -> bool:
         try:
             self.options = parse_options(self.options_class, self.settings)
             await self._load()
+            if self.backend is not None:
+                self._attach(self.backend)
         except MLServerError:
             raise
         except Exception as exc:
@@ -114,18 +101,59 @@ class Runtime(MLModel):
     async def _load(self) -> None:
         raise NotImplementedError
 
+    def _attach(self, backend: Backend) -> None:
+        """The backend's metadata (unless model-settings.json declares its own) and routes."""
+        self.inputs = self.inputs or list(backend.inputs)
+        self.outputs = self.outputs or list(backend.outputs)
+        if backend.raw_body is not None:
+            mlserver_compat.enable_raw_bodies(self.name, backend.raw_body)
+        if backend.openai_ids():
+            openai_routes.register(self)
+
+    def _backend_failed(self, reason: str) -> None:
+        """The backend gave up (an engine that stopped restarting): the model-ready endpoint says so from now on."""
+        self.ready = False
+        logger.error("model '%s' is no longer ready: %s", self.name, reason)
+
     # -- inference ---------------------------------------------------------------------------------
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        return await self._request(self._predict(payload))
+
+    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        return await self.backend.predict(payload)
+
+    async def predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
+        """V2 streams (REST generate_stream/infer_stream as SSE, gRPC ModelStreamInfer): counted in flight for
+        their whole life, errors converted as predict's."""
+        self._in_flight += 1
         try:
-            return await self.within_timeout(self._predict(payload))
+            async for response in self._predict_stream(payloads):
+                yield response
+        except MLServerError:
+            raise
+        except Exception as exc:
+            logger.exception("model '%s' failed on a streamed request", self.name)
+            raise InternalError(f"model '{self.name}' failed: {one_line(exc)}") from None
+        finally:
+            self._in_flight -= 1
+
+    async def _predict_stream(self, payloads: AsyncIterator[InferenceRequest]) -> AsyncIterator[InferenceResponse]:
+        first = await payloads.__anext__()
+        if self.backend is None:  # MLServer's default: the whole answer as one response
+            yield await self.within_timeout(self._predict(first))
+            return
+        async for response in self.backend.stream(first):
+            yield response
+
+    async def _request(self, call: Awaitable[T]) -> T:
+        """One request under the templates: counted, within request_timeout, errors as one line."""
+        try:
+            return await self.within_timeout(call)
         except MLServerError:
             raise
         except Exception as exc:
             logger.exception("model '%s' failed on a request", self.name)
             raise InternalError(f"model '{self.name}' failed: {one_line(exc)}") from None
-
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        raise NotImplementedError
 
     async def within_timeout(self, call: Awaitable[T]) -> T:
         """``call`` under the ``request_timeout`` option: past it, a 504, and ``call`` is cancelled.
@@ -151,12 +179,47 @@ class Runtime(MLModel):
         finally:
             self._in_flight -= 1
 
+    # -- the OpenAI routes (openai/routes.py looks the model up and calls these) -------------------------
+    def openai_ids(self) -> List[str]:
+        return self.backend.openai_ids() if self.backend is not None else []
+
+    def openai_supports(self, kind: str) -> bool:
+        return self.backend is not None and self.backend.openai_supports(kind)
+
+    async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
+        """The backend's answer, counted in flight until it is sent: a stream's count ends with the stream."""
+        self._in_flight += 1
+        try:
+            result = await self.within_timeout(self.backend.openai_call(kind, body, model_id, raw))
+        except BaseException:
+            self._in_flight -= 1
+            raise
+        if hasattr(result, "__anext__"):
+            return _CountedStream(self, result)
+        self._in_flight -= 1
+        return result
+
+    # -- unloading ---------------------------------------------------------------------------------
+    async def unload(self) -> bool:
+        """Routes off, then waits for the requests and streams inside this copy (a reload unloads the old copy
+        while they run), then ``_unload()``."""
+        openai_routes.unregister(self)
+        if self.backend is not None and self.backend.raw_body is not None:
+            mlserver_compat.disable_raw_bodies(self.name, self.backend.raw_body)
+        await self.requests_done()
+        await self._unload()
+        return True
+
+    async def _unload(self) -> None:
+        if self.backend is not None:
+            await self.backend.close()
+
     async def requests_done(self, timeout: float = 60.0) -> None:
-        """Waits (up to ``timeout`` s) until no request is inside this copy of the model.
+        """Waits (up to ``timeout`` s) until no request or stream is inside this copy of the model.
 
         MLServer reloads a model by loading the new copy, routing new requests to it and then unloading
-        the old one while requests may still be inside it: an ``unload()`` that stops the model's thread
-        or engine calls this first, so those requests are answered instead of left waiting for ever.
+        the old one while requests may still be inside it: ``unload()`` waits here first, so those requests
+        are answered instead of left waiting for ever.
         """
         deadline = asyncio.get_running_loop().time() + timeout
         while self._in_flight > 0 and asyncio.get_running_loop().time() < deadline:
@@ -165,19 +228,53 @@ class Runtime(MLModel):
             logger.warning("model '%s': unloading with %d request(s) still running after %g s",
                            self.name, self._in_flight, timeout)
 
+    # -- KServe V1 ---------------------------------------------------------------------------------
     def v1_input_name(self) -> str:
         inputs = self.inputs or []
         return inputs[0].name if len(inputs) == 1 else "input-0"
 
     async def _v1_predict(self, body: Any) -> dict:
+        """Runs under the route's request template (counted and timed once)."""
         try:
             request = v1_request_to_v2(body, self.v1_input_name())
         except ValidationError as exc:  # e.g. "parameters" that are not an object (found by fuzzing)
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err.get("loc", ())) or "body"
             raise BadRequest(f"V1 request field '{where}': {err.get('msg')}") from None
-        response = await self.predict(request)
+        response = await self._predict(request)
         return v2_response_to_v1(response)
 
     async def _v1_model(self) -> dict:
         return {"name": self.name, "ready": bool(self.ready)}
+
+
+class _CountedStream:
+    """An OpenAI stream that counts in its model's in-flight requests until it ends, is closed, or is dropped
+    unread (a client that left before the first chunk)."""
+
+    def __init__(self, model: Runtime, chunks: AsyncIterator[bytes]):
+        self._model, self._chunks, self._open = model, chunks, True
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._done()
+            raise
+
+    async def aclose(self) -> None:
+        self._done()
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+    def _done(self) -> None:
+        if self._open:
+            self._open = False
+            self._model._in_flight -= 1
+
+    def __del__(self):
+        self._done()

@@ -15,6 +15,7 @@ from pydantic import Field
 from . import storage
 from .batching import Coalescer
 from .codecs import decode_array, decode_column, encode_array
+from .codecs.requests import one_input, wanted_outputs
 from .errors import BadRequest, ModelLoadError
 from .options import RuntimeOptions, _CaseInsensitiveEnum
 from .runtime import MODEL_FILE_LOCK, Runtime
@@ -128,16 +129,13 @@ class SKLearnRuntime(Runtime):
     # -- request -> rows ---------------------------------------------------------------------------
     def _rows(self, payload: InferenceRequest) -> Tuple[object, int, Hashable]:
         inputs = payload.inputs
-        if not inputs:
-            raise BadRequest("the request has no inputs")
-        if self.columns is not None and (len(inputs) > 1 or inputs[0].name in self.columns
-                                         or _is_pandas(payload)):
+        if self.columns is not None and inputs and (len(inputs) > 1 or inputs[0].name in self.columns
+                                                    or _is_pandas(payload)):
             return self._frame(inputs)
-        if len(inputs) > 1:
-            names = ", ".join(i.name for i in inputs)
-            raise BadRequest(f"this model takes one input tensor, got {len(inputs)} ({names})")
-        arr = decode_array(inputs[0])
-        name = inputs[0].name
+        inp = one_input(payload, "one input tensor" if self.columns is None else
+                        f"one input tensor or one per column ({', '.join(self.columns)})")
+        arr = decode_array(inp)
+        name = inp.name
         if arr.ndim == 1 and self.n_features == 1:
             arr = arr.reshape(-1, 1)
         if self.n_features is not None:
@@ -197,15 +195,7 @@ class SKLearnRuntime(Runtime):
         return np.concatenate(parts)
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        if payload.outputs:
-            wanted = tuple(o.name for o in payload.outputs)
-            unknown = [w for w in wanted if w not in self.methods]
-            if unknown:
-                raise BadRequest(
-                    f"unknown output '{unknown[0]}': this model offers {', '.join(self.methods)}"
-                )
-        else:
-            wanted = self.default_outputs
+        wanted = wanted_outputs(payload, self.methods, self.default_outputs)
         rows, n, shape_key = self._rows(payload)
         try:
             results = await self._coalescer((wanted, shape_key), rows, n)
@@ -219,12 +209,10 @@ class SKLearnRuntime(Runtime):
             outputs=[encode_array(m, results[m]) for m in wanted],
         )
 
-    async def unload(self) -> bool:
-        coalescer = getattr(self, "_coalescer", None)
+    async def _unload(self) -> None:
+        coalescer = getattr(self, "_coalescer", None)  # never loaded: the main-process copy under workers
         if coalescer is not None:
-            await self.requests_done()  # a reload unloads this copy with requests still inside it
             coalescer.close()
-        return True
 
 
 def _is_pandas(payload: InferenceRequest) -> bool:

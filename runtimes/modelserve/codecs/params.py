@@ -3,12 +3,13 @@ OpenAI sampling fields that V2 generation requests map onto."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
+from typing import Any, Dict, Iterable, List
 
 from ..errors import BadRequest
 
 
-def number(name, value, kind, low=None, high=None, low_open=False):
+def number(name: str, value: Any, kind: type, low: Any = None, high: Any = None, low_open: bool = False) -> Any:
+    """Parameter ``name`` as ``kind`` (int or float) within [low, high] (``low_open``: (low, high]), or a 400."""
     if isinstance(value, str):  # MLServer's gRPC parameters carry no floats: "0.7" is how they travel
         try:
             value = float(value)
@@ -37,13 +38,12 @@ SAMPLING = {
     "frequency_penalty": (float, -2, 2, False),
     "repetition_penalty": (float, 0, None, True),
 }
-PASSED_BY_MLSERVER = ("content_type", "headers")  # MLServer fills these in on every request
 
 
 def check_names(params: Dict[str, Any], allowed: Iterable[str]) -> None:
     """Unknown generation parameters, and ones without a value, are a 400 naming them."""
     allowed = tuple(allowed)
-    unknown = [k for k in params if k not in allowed and k not in PASSED_BY_MLSERVER]
+    unknown = [k for k in params if k not in allowed]
     if unknown:
         raise BadRequest(f"unknown generation parameter '{unknown[0]}' (allowed: {', '.join(allowed)})")
     empty = [k for k in allowed if k in params and params[k] is None and k != "stop"]
@@ -73,10 +73,14 @@ def sampling_body(params: Dict[str, Any], default_max: int, cap: int, extra: Ite
         if not isinstance(params["ignore_eos"], bool):
             raise BadRequest(f"parameter 'ignore_eos' must be true or false, got {params['ignore_eos']!r}")
         body["ignore_eos"] = params["ignore_eos"]
-    stop = params.get("stop")
-    if stop is not None:
-        stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise BadRequest(f"parameter 'stop' must be a string or a list of non-empty strings, got {stop!r}")
-        body["stop"] = stop
+    if params.get("stop") is not None:
+        body["stop"] = stop_strings(params["stop"])
     return body
+
+
+def stop_strings(stop: Any) -> List[str]:
+    """Parameter ``stop``: a string or a list of non-empty strings, as a list."""
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest(f"parameter 'stop' must be a string or a list of non-empty strings, got {stop!r}")
+    return stop

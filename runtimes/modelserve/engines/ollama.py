@@ -3,7 +3,7 @@ $OLLAMA_HOST when set, otherwise ``ollama serve`` started and supervised like an
 
 On start the model (``ollama://name[:tag]``) is pulled (progress in the log), checked with /api/show and
 loaded with ``keep_alive: -1`` so it stays in memory while we serve it. ``upstream`` answers the OpenAI
-calls llm.EngineLLM makes (completions, chat, embeddings, streamed as SSE) by translating them to the
+calls backends.engine.EngineBackend makes (completions, chat, embeddings, streamed as SSE) by translating them to the
 client's generate/chat/embed, so V2 and the OpenAI routes work exactly as for vLLM.
 """
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 
-from .. import openai
+from ..openai import protocol as openai
 from ..errors import BadRequest, InternalError, ModelLoadError, Unavailable
 from .openai_http import EngineError
 from .process import EngineProcess

@@ -1,4 +1,5 @@
-"""The transformers engine: task inference, pooling, padding, per-task post-processing and generation."""
+"""transformers calls for backends/transformers.py: task inference, pooling, padding, per-task post-processing and
+generation. torch and transformers are imported where used (the backend imports them first, under the model lock)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..codecs.params import check_names, number  # noqa: F401 - number is used by huggingface.py too
+from ..codecs.params import check_names, number, stop_strings
 from ..errors import BadRequest
 from ..options import Dtype, Task
 
@@ -89,7 +90,9 @@ def pool(hidden, mask, mode: str):
     return summed / (count.sqrt() if mode == "mean_sqrt_len" else count)
 
 
-def torch_dtype(torch, want: Dtype, device, config, warn) -> Any:
+def torch_dtype(want: Dtype, device, config, warn) -> Any:
+    import torch
+
     if want in (Dtype.AUTO, Dtype.FLOAT32, Dtype.FLOAT):
         if want == Dtype.AUTO and device.type == "cuda":
             conf = getattr(config, "torch_dtype", None)
@@ -101,8 +104,10 @@ def torch_dtype(torch, want: Dtype, device, config, warn) -> Any:
     return torch.bfloat16 if want == Dtype.BFLOAT16 else torch.float16
 
 
-def pad(torch, tokenizer, rows: List[Dict[str, List[int]]]) -> Dict[str, Any]:
+def pad(tokenizer, rows: List[Dict[str, List[int]]]) -> Dict[str, Any]:
     """Pads the merged rows to the longest one (the attention mask hides the padding)."""
+    import torch
+
     width = max(len(r["input_ids"]) for r in rows)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     fill = {"input_ids": tokenizer.pad_token_id or 0}
@@ -143,8 +148,10 @@ def token_entities(tokenizer, labels: List[str], row: Dict[str, List[int]], offs
 
 
 # -- fill mask ---------------------------------------------------------------------------------------
-def fill_mask_call(torch, model, batch, mask_id: int, top_k: int) -> Dict[str, np.ndarray]:
+def fill_mask_call(model, batch, mask_id: int, top_k: int) -> Dict[str, np.ndarray]:
     """Top-k token ids and softmax scores at every mask position: [n, max masks, k] (-1 past a row's masks)."""
+    import torch
+
     logits = model(**batch).logits
     ids = batch["input_ids"]
     where = [(ids[i] == mask_id).nonzero().flatten().tolist() for i in range(ids.shape[0])]
@@ -195,11 +202,7 @@ def generation_kwargs(params: Dict[str, Any], default_max: int,
     seed = params.get("seed")
     if seed is not None:
         seed = number("seed", seed, int, 0)
-    stop = params.get("stop") or []
-    if isinstance(stop, str):
-        stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-        raise BadRequest(f"parameter 'stop' must be a list of non-empty strings, got {stop!r}")
+    stop = stop_strings(params["stop"]) if params.get("stop") else []
     return kw, seed, stop
 
 
@@ -276,8 +279,9 @@ class QueueStreamer(TokenTracker):
         self.loop.call_soon_threadsafe(self.queue.put_nowait, None)  # the reader then awaits the job's error
 
 
-def stopping_criteria(torch, should_stop):
+def stopping_criteria(should_stop):
     """Stops generate() once ``should_stop()`` is true (a stop string was seen, or the client left)."""
+    import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     class _Stop(StoppingCriteria):
@@ -288,24 +292,26 @@ def stopping_criteria(torch, should_stop):
     return StoppingCriteriaList([_Stop()])
 
 
-def generate_one(torch, model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
+def generate_one(model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
                  stop: List[str], device, streamer: Optional[TokenTracker] = None) -> str:
     """One prompt through model.generate (in the model thread); the new text, cut at the first stop string."""
-    return generate_counted(torch, model, tokenizer, row, kw, seed, stop, device, streamer)[0]
+    return generate_counted(model, tokenizer, row, kw, seed, stop, device, streamer)[0]
 
 
-def generate_counted(torch, model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
+def generate_counted(model, tokenizer, row: Dict[str, List[int]], kw: Dict[str, Any], seed: Optional[int],
                      stop: List[str], device, streamer: Optional[TokenTracker] = None) -> Tuple[str, int]:
     """generate_one's text and the number of new tokens generate() produced (OpenAI's completion_tokens).
 
     The answer is decoded from generate()'s output, the same way for streamed and whole requests.
     """
+    import torch
+
     batch = {k: torch.tensor([v], device=device) for k, v in row.items()}
     prompt_len = 0 if model.config.is_encoder_decoder else len(row["input_ids"])
     if streamer is None and stop:
         streamer = TokenTracker(TextDeltas(tokenizer, stop))
     tracker = streamer
-    criteria = stopping_criteria(torch, lambda: tracker is not None and (tracker.cancelled or tracker.deltas.stopped))
+    criteria = stopping_criteria(lambda: tracker is not None and (tracker.cancelled or tracker.deltas.stopped))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if seed is not None:
         torch.manual_seed(seed)

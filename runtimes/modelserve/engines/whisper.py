@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 
+from ..codecs.params import number
 from ..errors import BadRequest, ModelLoadError
 
 logger = logging.getLogger("mlserver.modelserve.whisper")
@@ -131,7 +132,7 @@ def decode(data: bytes, row: int = 0) -> np.ndarray:
     return pcm
 
 
-def transcribe_options(params: Dict[str, Any], languages: List[str], number) -> Dict[str, Any]:
+def transcribe_options(params: Dict[str, Any], languages: List[str]) -> Dict[str, Any]:
     """Checked request parameters as ``WhisperModel.transcribe`` keyword arguments (see speech.py)."""
     opts: Dict[str, Any] = {}
     for key, value in params.items():

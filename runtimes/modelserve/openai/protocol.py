@@ -1,0 +1,158 @@
+"""OpenAI's API as data: the error shape, response bodies and SSE chunks for backends that generate themselves,
+and the checks every backend applies to a request body before anything runs. No HTTP here (routes.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from fastapi.responses import JSONResponse
+
+from ..codecs.params import number
+from ..errors import BadRequest
+
+# the form fields of /v1/audio/transcriptions we implement (OpenAI's others are refused by name)
+FORM_FIELDS = ("file", "model", "language", "prompt", "temperature", "response_format", "timestamp_granularities[]")
+
+
+class OpenAIError(Exception):
+    """An OpenAI-shaped error: ``{"error": {"message", "type", "param", "code"}}``, which the official client turns
+    into its typed exceptions."""
+
+    def __init__(self, message: str, status: int = 400, param: Optional[str] = None, type_: Optional[str] = None,
+                 headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.param, self.headers = status, param, headers
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.status}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def parse_form(content_type: str, raw: bytes) -> Tuple[Dict[str, Any], Optional[bytes]]:
+    """A multipart/form-data body as (fields, the ``file`` part's bytes); other bodies are a 400."""
+    from email import policy
+    from email.parser import BytesParser
+
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise OpenAIError(f"send multipart/form-data with a 'file' part, got Content-Type {content_type or 'none'!r}")
+    msg = BytesParser(policy=policy.HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") +
+                                                     b"\r\n\r\n" + raw)
+    if not msg.is_multipart():
+        raise OpenAIError("the multipart body could not be parsed (check its boundary)")
+    fields: Dict[str, Any] = {}
+    audio = None
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            audio = payload
+        elif name in ("timestamp_granularities[]", "timestamp_granularities"):
+            fields.setdefault("timestamp_granularities[]", []).append(payload.decode("utf-8", "replace"))
+        elif name:
+            fields[name] = payload.decode("utf-8", "replace")
+    unknown = [k for k in fields if k not in FORM_FIELDS]
+    if unknown:
+        raise OpenAIError(f"field '{unknown[0]}' is not supported (fields: {', '.join(FORM_FIELDS)})",
+                          param=unknown[0])
+    return fields, audio
+
+
+def sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+# -- response bodies, for runtimes that generate themselves (HuggingFaceRuntime on transformers) ------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int = 0) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion_body(model: str, texts: List[str], finishes: List[str], prompt_tokens: int,
+                    completion_tokens: int) -> dict:
+    return {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": i, "text": t, "finish_reason": f, "logprobs": None}
+                        for i, (t, f) in enumerate(zip(texts, finishes))],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chat_body(model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                         "logprobs": None}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def chunk(kind: str, rid: str, created: int, model: str, text: Optional[str], finish: Optional[str] = None,
+          role: Optional[str] = None) -> bytes:
+    """One SSE event of a completion (``kind`` "completions") or chat stream."""
+    if kind == "chat":
+        delta: Dict[str, Any] = {"role": role} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "choices": [choice]})
+    return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]})
+
+
+def embeddings_body(model: str, vectors, encoding_format: str, prompt_tokens: int) -> dict:
+    data = []
+    for i, vec in enumerate(vectors):
+        vec = np.asarray(vec, dtype="<f4")
+        value = base64.b64encode(vec.tobytes()).decode() if encoding_format == "base64" else vec.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {"object": "list", "data": data, "model": model, "usage": usage(prompt_tokens)}
+
+
+def check_fields(kind: str, body: dict, backend: str) -> None:
+    """Fields we do not implement are refused by name (never silently ignored)."""
+    allowed = {"model", "user"}
+    if kind == "embeddings":
+        allowed |= {"input", "encoding_format", "dimensions"}
+    else:
+        allowed |= {"stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
+                    "seed", "stop", "n", "prompt" if kind == "completions" else "messages"}
+    extra = [k for k, v in body.items() if k not in allowed and v is not None]
+    if extra:
+        raise OpenAIError(f"field '{extra[0]}' is not supported by {backend}", param=extra[0])
+    if body.get("n") not in (None, 1):
+        raise OpenAIError("only n=1 is supported", param="n")
+
+
+def check_openai_body(kind: str, body: dict, cap: int) -> None:
+    """What we refuse before the engine sees it: the same rules on every flavour."""
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise OpenAIError("'messages' must be a non-empty list", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise OpenAIError(f"messages[{i}] needs a 'role' and a 'content'", param="messages")
+    else:
+        prompt = body.get("prompt")
+        texts = prompt if isinstance(prompt, list) else [prompt]
+        if not texts or not all(isinstance(t, str) for t in texts) and not all(isinstance(t, int) for t in texts):
+            raise OpenAIError("'prompt' must be a string or a list of strings", param="prompt")
+        if any(isinstance(t, str) and not t for t in texts):
+            raise OpenAIError("'prompt' is empty", param="prompt")
+    for key in ("max_tokens", "max_completion_tokens"):
+        if body.get(key) is not None:
+            try:
+                number(key, body[key], int, 1, cap)
+            except BadRequest as exc:
+                raise OpenAIError(str(exc), param=key) from None
+
