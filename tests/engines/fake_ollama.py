@@ -90,12 +90,12 @@ def counts(text: str) -> int:
     return max(1, len(text.split()))
 
 
-async def ndjson(request, items) -> web.StreamResponse:
+async def ndjson(request, items, delay: float = 0) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     for item in items:
         await resp.write((json.dumps(item) + "\n").encode())
-        await asyncio.sleep(0)
+        await asyncio.sleep(delay)
     await resp.write_eof()
     return resp
 
@@ -194,6 +194,7 @@ async def generate_route(request):
     prompt = data.get("prompt") or ""
     if prompt.startswith("sleep:"):  # test hook: a slow generation, for request timeouts
         await asyncio.sleep(float(prompt[6:]))
+    delay = 0.5 if prompt.startswith("slow:") else 0  # test hook: a slow stream, 0.5 s per piece
     LOADED[tag(name)] = data.get("keep_alive")
     if not prompt:  # Ollama: an empty prompt only loads the model
         return web.json_response({"model": name, "created_at": "2026-11-25T00:00:00Z", "response": "",
@@ -205,7 +206,7 @@ async def generate_route(request):
     final = {**_final(name, prompt, text, reason, started), "response": ""}
     if data.get("stream", True):
         chunks = [{"model": name, "created_at": "2026-11-25T00:00:00Z", "response": p, "done": False} for p in pieces]
-        return await ndjson(request, [*chunks, final])
+        return await ndjson(request, [*chunks, final], delay)
     return web.json_response({**final, "response": text})
 
 

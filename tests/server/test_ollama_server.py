@@ -207,6 +207,37 @@ def test_a_reload_answers_the_requests_inside_the_old_copy(server):
     assert statuses == [200] * 4, statuses
 
 
+@pytest.mark.skipif(bool(REAL), reason="needs the stand-in's slow stream")
+@pytest.mark.parametrize("route", ["v2", "openai"])
+def test_a_reload_during_a_stream_answers_the_stream_to_its_end(server, route):
+    """Streams count as requests in flight: the reload's unload of the old copy waits for a running stream
+    (without that it closed the engine client under it). Streams need parallel_workers 0, as here."""
+    import concurrent.futures as cf
+
+    prompt = "slow: the market"  # the stand-in sends one piece every 0.5 s
+    body = {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [prompt]}],
+            "parameters": {"max_tokens": 12, **OPTS}}
+    whole = server.infer("llm", body).json()["outputs"][0]["data"][0]
+    if route == "v2":
+        r = requests.post(f"{server.url}/v2/models/llm/generate_stream", json=body, stream=True, timeout=60)
+    else:
+        r = requests.post(f"{server.url}/v1/completions", stream=True, timeout=60,
+                          json={"model": "llm", "prompt": prompt, "max_tokens": 12, "stream": True, **OPTS})
+    assert r.status_code == 200, r.text
+    events = (json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True)
+              if line.startswith("data:") and line != "data: [DONE]")
+    text = lambda e: e["outputs"][0]["data"][0] if route == "v2" else e["choices"][0]["text"]  # noqa: E731
+    pieces = [text(next(events))]
+    with cf.ThreadPoolExecutor(1) as pool:
+        reload = pool.submit(server.load, "llm")  # loads a new copy, then unloads this stream's copy
+        for event in events:
+            assert "error" not in event, event
+            pieces.append(text(event))
+        assert reload.result().status_code == 200
+    assert "".join(pieces) == whole and len(pieces) > 2, pieces
+    assert server.infer("llm", body).status_code == 200
+
+
 # -- `ollama serve` started and supervised by the runtime -----------------------------------------------------
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
