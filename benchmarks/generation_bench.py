@@ -34,8 +34,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import replace_section, write_json  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 
 RESULTS = HERE / "results"
 PROMPT = "Once upon a time"
@@ -113,7 +114,7 @@ def table(result, summary, raw_row) -> str:
         cells = [f"`{v}`", str(raw_row["new_tokens"])]
         for m in modes:
             for c in concs:
-                s = driver.lookup(summary, v, m, c)
+                s = wrk.lookup(summary, v, m, c)
                 cells.append("–" if s is None else
                              f"**{s['tps_median']:,.0f}** tok/s ({s['rps_median']:,.1f} req/s)<br>"
                              f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms")
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.repeats, args.warmup = 3.0, 1, 1.0
     write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
     os.environ.update(ENV)
     from tests.hf_models import build_causal_lm
 
@@ -160,11 +161,11 @@ def main(argv=None) -> int:
         raw_ip = InProcess("raw_generate", lambda: raw.generate,
                            f"model.generate(prompt, do_sample=False, max_new_tokens={args.max_new_tokens}) "
                            "timed in-process with timeit (no server)")
-        result = driver.run(variants(folder, raw, args.max_new_tokens), modes, concs, args.duration, args.repeats,
+        result = wrk.run(variants(folder, raw, args.max_new_tokens), modes, concs, args.duration, args.repeats,
                             args.warmup, workdir=Path(tmp) / "servers", inprocess=[raw_ip],
                             max_other_cpu=args.max_other_cpu, retries=args.retries, quiet_wait=args.quiet_wait)
 
-    summary = driver.summarise(result)
+    summary = wrk.summarise(result)
     raw_row = tokens_summary(result, summary, raw)
     result["benchmark"] = "generation"
     result["model"] = ("tiny random GPT2LMHeadModel (tests.hf_models.build_causal_lm: 2 layers, n_embd 32, "
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
     result["raw_generate"] = raw_row
     ratios = {}
     for c in concs:
-        s = driver.lookup(summary, "modelserve", RATIO_MODE, c)
+        s = wrk.lookup(summary, "modelserve", RATIO_MODE, c)
         if s:
             key = "vs_raw" if c == concs[0] else f"vs_raw_c{c}"
             ratios[key] = round(s["tps_median"] / raw_row["tokens_per_s"], 3)
@@ -200,14 +201,14 @@ def main(argv=None) -> int:
             f"{wb['raw_disturbed']} raw timing(s) still marked disturbed after retries).")
     print(text)
     if write:
-        driver.write_json(result, args.out / "generation.json")
+        write_json(result, args.out / "generation.json")
         m = result["machine"]
         section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
                    f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
                    f"warm-up, {result['config']['repeats']} interleaved repeats; prompt {PROMPT!r} "
                    f"({raw.prompt_len} tokens), greedy, max_new_tokens {args.max_new_tokens}; cells are the median "
                    f"new tokens/s (req/s) with median p50 / p99 latency.\n\n{text}")
-        driver.replace_section(HERE / "README.md", "results:generation", section)
+        replace_section(HERE / "README.md", "results:generation", section)
         print(f"\nwrote {args.out / 'generation.json'}, {HERE / 'README.md'}")
     return 0
 

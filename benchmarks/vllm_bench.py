@@ -26,14 +26,14 @@ as that verified number, the OpenAI paths' from each response's ``usage``.
   (keep-alive, a new client session per run, prompts round-robin); after a warm-up, the requests that finish
   inside a fixed window are counted: tokens/s = their completion tokens / window. A discarded round on every
   path comes first; then each repeat runs every (concurrency, path), the path order rotated by the repeat
-  index (interleaved, as driver.py).
+  index (interleaved, as the wrk benchmarks: lib/wrk.py).
 - Time to first token (TTFT): sequential streaming requests (``stream: true``; V2 generate_stream), the three
   paths alternating request by request; TTFT = from sending to the first SSE event that carries text. Every
   stream's text is checked against the expected text.
 - CPU (cores) over each window: this process (the load generator), the mlserver process, vLLM's API server
   process, vLLM's engine (EngineCore + worker) and everything else, plus the share of the window the mlserver
   and load-generator main threads spent waiting for a CPU (/proc schedstat). The machine's 2 cores are shared
-  by all of them. As driver.py: each run waits for the machine to be quiet first and is repeated when other
+  by all of them. As in lib/wrk.py: each run waits for the machine to be quiet first and is repeated when other
   processes took more than --max-other-cpu cores during it.
 - Scheduling: while it generates, vLLM's CPU engine keeps both cores busy (the worker runs the model, the
   EngineCore spin-waits with sched_yield for it). With autogroup scheduling (one group per session; the runtime
@@ -65,7 +65,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
+from lib.loadgen import HEADERS, new_session, post_json  # noqa: E402
+from lib.report import log as _log  # noqa: E402
+from lib.report import machine_info, replace_section, replot, write_json  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -79,7 +83,7 @@ ENGINE_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dt
 
 # -- the server and its processes ------------------------------------------------------------------
 def vllm_command() -> str:
-    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(driver.REPO / ".venv-vllm" / "bin" / "python")
+    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(REPO / ".venv-vllm" / "bin" / "python")
     if not os.access(cmd.split()[0], os.X_OK):
         sys.exit(f"no vLLM environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_VLLM_COMMAND")
     return cmd
@@ -104,112 +108,10 @@ def start(tmp: Path, command: str):
     return srv, int(ports[-1]), time.monotonic() - t0
 
 
-def roles(mlserver_pid: int) -> dict:
-    """pids per role: the mlserver process; vLLM's API server (and the guard, resource tracker); its engine."""
-    children: dict = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(pid))
-    out = {"mlserver": [mlserver_pid], "vllm_api": [], "vllm_engine": []}
-    todo = list(children.get(mlserver_pid, []))
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        out["vllm_engine" if comm.startswith("VLLM") else "vllm_api"].append(pid)
-    return out
-
-
-def _cpu_s(pids) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(f[11]) + int(f[12])
-    return total / driver.CLK_TCK
-
-
-def _wait_s(pid: int) -> float:
-    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU (schedstat)."""
-    try:
-        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def autogroup(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
-    except OSError:
-        return "?"
-
-
-def deprioritise(pids: dict, nice: int) -> dict:
-    """Lowers the CPU priority of vLLM's processes (see the module docstring); returns what was done."""
-    engine = pids["vllm_api"] + pids["vllm_engine"]
-    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    on = enabled.exists() and enabled.read_text().strip() == "1"
-    info = {"engine_nice": nice, "autogroup_enabled": on, "mlserver_autogroup": autogroup(pids["mlserver"][0]),
-            "engine_autogroup": autogroup(engine[0]), "kernel": os.uname().release}
-    if nice == 0:
-        info["applied"] = "none (as shipped)"
-    elif on and info["engine_autogroup"] != info["mlserver_autogroup"]:
-        Path(f"/proc/{engine[0]}/autogroup").write_text(str(nice))  # the engine's session: its own autogroup
-        info["applied"] = f"autogroup nice {nice} on the engine's session ({info['engine_autogroup']})"
-    else:
-        for pid in engine:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        info["applied"] = f"nice {nice} on every thread of the engine's processes"
-    return info
-
-
-class CPU:
-    """Cores used between ``start()`` and ``stop()`` by each role and by everything else (plus steal), and
-    the share of that time the mlserver process's and this process's main threads waited for a CPU."""
-
-    def __init__(self, pids: dict):
-        self.pids = pids
-        self.mains = {"mlserver": pids["mlserver"][0], "loadgen": os.getpid()}
-
-    def _snap(self):
-        busy, steal = driver._cpu_jiffies()
-        return (time.monotonic(), time.process_time(), {r: _cpu_s(p) for r, p in self.pids.items()}, busy, steal,
-                {k: _wait_s(p) for k, p in self.mains.items()})
-
-    def start(self) -> None:
-        self.t0 = self._snap()
-
-    def stop(self) -> dict:
-        (w0, own0, r0, b0, s0, q0), (w1, own1, r1, b1, s1, q1) = self.t0, self._snap()
-        wall = w1 - w0
-        out = {"loadgen": (own1 - own0) / wall, **{r: (r1[r] - r0[r]) / wall for r in r0}}
-        out["other"] = max(0.0, (b1 - b0) / driver.CLK_TCK / wall - sum(out.values()))
-        out["steal"] = (s1 - s0) / driver.CLK_TCK / wall
-        out.update({f"{k}_runqueue_wait": (q1[k] - q0[k]) / wall for k in q0})
-        return {k: round(v, 3) for k, v in out.items()}
-
-
-def wait_quiet(cpu: CPU, max_other: float, timeout: float, log) -> float:
-    """Waits (up to ``timeout`` s) until processes other than ours use less than ``max_other`` cores."""
-    deadline, said = time.monotonic() + timeout, False
-    while True:
-        cpu.start()
-        time.sleep(1.0)
-        other = cpu.stop()["other"]
-        if other < max_other or time.monotonic() > deadline:
-            return other
-        if not said:
-            log(f"  machine busy ({other:.2f} cores used by other processes); waiting up to {timeout:.0f} s")
-            said = True
+def role(comm: str) -> str:
+    """vLLM's engine (EngineCore, its worker) by its process name; the API server, its guard and the resource
+    tracker otherwise."""
+    return "vllm_engine" if comm.startswith("VLLM") else "vllm_api"
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -238,24 +140,6 @@ class Paths:
             outs = {o["name"]: o["data"][0] for o in doc["outputs"]}
             return outs["text"], self.expected[prompt][1], outs.get("finish_reason")
         return doc["choices"][0]["text"], doc["usage"]["completion_tokens"], doc["choices"][0]["finish_reason"]
-
-
-HEADERS = {"Content-Type": "application/json"}
-
-
-def new_session():
-    """A session of its own per run: no pooled connection outlives the server's keep-alive (uvicorn: 5 s)."""
-    import aiohttp
-
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120))
-
-
-async def post_json(session, url: str, data: bytes) -> dict:
-    async with session.post(url, data=data, headers=HEADERS) as r:
-        body = await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url} answered {r.status}: {body[:500]!r}")
-    return json.loads(body)
 
 
 async def verify(session, paths: Paths) -> dict:
@@ -345,8 +229,8 @@ async def stream_once(session, paths: Paths, path: str, prompt: str) -> dict:
 # -- the run ---------------------------------------------------------------------------------------
 async def measure(srv, port: int, args, log) -> dict:
     paths = Paths(srv.url, f"http://127.0.0.1:{port}", args.max_tokens)
-    cpu = CPU(roles(srv.proc.pid))
-    sched = deprioritise(cpu.pids, args.engine_nice)
+    cpu = CPU(roles(srv.proc.pid, role, ("vllm_api", "vllm_engine")))
+    sched = deprioritise(srv.proc.pid, cpu.pids["vllm_api"] + cpu.pids["vllm_engine"], args.engine_nice)
     log(f"scheduling: {sched['applied']}")
     runs, ttft, blocks = [], [], []
     async with new_session() as session:
@@ -360,7 +244,7 @@ async def measure(srv, port: int, args, log) -> dict:
         for conc in args.concurrency:
             for path in PATHS[rep % 3:] + PATHS[:rep % 3]:
                 for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
+                    await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
                     res = await load(paths, path, conc, args.warmup, args.duration, cpu)
                     if res["cpu"]["other"] < args.max_other_cpu:
                         break
@@ -374,7 +258,7 @@ async def measure(srv, port: int, args, log) -> dict:
                     f"{c['loadgen']:.2f} mlserver {c['mlserver']:.2f} vllm api {c['vllm_api']:.2f} engine "
                     f"{c['vllm_engine']:.2f} other {c['other']:.2f}; waiting for a CPU: mlserver "
                     f"{c['mlserver_runqueue_wait']:.0%} loadgen {c['loadgen_runqueue_wait']:.0%}")
-        await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
+        await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
         async with new_session() as session:
             cpu.start()
             for i in range(args.ttft_samples):
@@ -509,16 +393,13 @@ def main(argv=None) -> int:
     ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the PNG and the README table from a results file")
     args = ap.parse_args(argv)
     if args.replot:
-        result = json.loads(args.replot.read_text())
-        plot(result, args.replot.with_suffix(".png"))
-        driver.replace_section(HERE / "README.md", "results:vllm", report(result)[1])
-        return 0
+        return replot(args.replot, "vllm", plot, report)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.quick:
         args.duration, args.warmup, args.repeats, args.ttft_samples = 3.0, 1.0, 1, 5
         args.concurrency = args.concurrency[:1]
     write = args.write or not args.quick
-    log = driver._log
+    log = _log
     command = vllm_command()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all = time.monotonic()
@@ -531,7 +412,7 @@ def main(argv=None) -> int:
             srv.stop()
     import aiohttp
 
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="vllm", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   machine=m, wall_s=round(time.monotonic() - t_all, 1), engine_startup_s=round(startup, 1),
                   versions={"vllm": result.pop("engine_version"), "mlserver": m["packages"]["mlserver"],
@@ -558,9 +439,9 @@ def main(argv=None) -> int:
     text, section = report(result)
     print(text)
     if write:
-        driver.write_json(result, args.out / "vllm.json")
+        write_json(result, args.out / "vllm.json")
         plot(result, args.out / "vllm.png")
-        driver.replace_section(HERE / "README.md", "results:vllm", section)
+        replace_section(HERE / "README.md", "results:vllm", section)
         log(f"wrote {args.out / 'vllm.json'}, {args.out / 'vllm.png'}, {HERE / 'README.md'}")
     return 0
 

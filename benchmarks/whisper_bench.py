@@ -60,11 +60,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, roles, wait_quiet  # noqa: E402
+from lib.loadgen import new_session, post_json  # noqa: E402
+from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
+from lib.report import log as _log  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
-from vllm_bench import CPU, wait_quiet  # noqa: E402  (per-role CPU over a window; waiting for a quiet machine)
 
-RESULTS = HERE / "results"
 MODEL, NOOP = "whisper", "noop"
 SIDES = ("raw", "v2", "raw_beam5", "openai", "noop")
 GREEDY = {"temperature": 0.0, "beam_size": 1, "language": "en"}
@@ -79,7 +81,7 @@ def build(tmp: Path, seconds: float):
 
     from tests.whisper_models import encode_audio, speech_like
 
-    out = subprocess.run([sys.executable, str(driver.REPO / "tests" / "whisper_models.py"), str(tmp / "ct2")],
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "whisper_models.py"), str(tmp / "ct2")],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"building the tiny Whisper failed:\n{out.stderr[-3000:]}")
@@ -101,18 +103,6 @@ def start(tmp: Path, folder: Path, workers):
     t0 = time.monotonic()
     srv.start(timeout=300)
     return srv, time.monotonic() - t0
-
-
-def roles(mlserver_pid: int) -> dict:
-    """The mlserver process (faster-whisper's threads included) and any children it has."""
-    kids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == mlserver_pid:
-                kids.append(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
-    return {"mlserver": [mlserver_pid], "children": kids}
 
 
 class Raw:
@@ -154,21 +144,6 @@ class Requests:
         if side == "openai":
             return doc["text"]
         return ""
-
-
-def new_session():
-    import aiohttp
-
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300))
-
-
-async def post(session, req) -> dict:
-    url, data, headers = req
-    async with session.post(url, data=data, headers=headers) as r:
-        body = await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url} answered {r.status}: {body[:500]!r}")
-    return json.loads(body)
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -219,11 +194,11 @@ async def run_http(reqs: Requests, side: str, expected: str, conc: int, warmup: 
     done = []
     t0 = time.perf_counter() + warmup
     t1 = t0 + duration
-    async with new_session() as session:
+    async with new_session(300) as session:
         async def worker() -> None:
             while time.perf_counter() < t1:
                 s = time.perf_counter()
-                doc = await post(session, req)
+                doc = await post_json(session, *req)
                 if side != "noop" and reqs.text(side, doc) != expected:
                     raise AssertionError(f"{side}: {reqs.text(side, doc)[:80]!r} under load, expected {expected[:80]!r}")
                 done.append((s, time.perf_counter()))
@@ -259,8 +234,8 @@ def verify(ctx: dict) -> dict:
         want = {"raw": raw.transcribe(wav, GREEDY), "raw_beam5": raw.transcribe(wav, BEAM5)}
 
         async def ours():
-            async with new_session() as s:
-                return {side: reqs.text(side, await post(s, getattr(reqs, side))) for side in ("v2", "openai")}
+            async with new_session(300) as s:
+                return {side: reqs.text(side, await post_json(s, *getattr(reqs, side))) for side in ("v2", "openai")}
 
         got = asyncio.run(ours())
         for side, base in PAIRS.items():
@@ -288,7 +263,7 @@ def measure(ctx: dict, args, log) -> dict:
             order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
             for side in order:
                 for attempt in range(args.retries + 1):
-                    wait_quiet(cpu, args.max_other_cpu, args.quiet_wait, log)
+                    wait_quiet(args.max_other_cpu, args.quiet_wait, log, cpu)
                     res = run_one(ctx, side, conc, args.warmup, args.duration)
                     if res["cpu"]["other"] < args.max_other_cpu:
                         break
@@ -450,7 +425,7 @@ def main(argv=None) -> int:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 4.0, 1.0, 1, 5.0
         args.concurrency = args.concurrency[:1]
     write = args.write or not args.quick
-    log = driver._log
+    log = _log
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
 
@@ -466,8 +441,10 @@ def main(argv=None) -> int:
             raws = {w: Raw(folder, w) for w in sorted(set(workers))}
             gc.collect()
             gc.freeze()  # as our runtime does after a model is loaded: full collections skip what is loaded
+            # the roles: the mlserver process (faster-whisper's threads included) and any children it has
+            pids = roles(srv.proc.pid, lambda comm: "children", ("children",), descendants=False)
             ctx = {"raw": raws, "wav": wav, "clip_s": args.clip_seconds,
-                   "reqs": {w: Requests(srv.url, wav, w) for w in sorted(set(workers))}, "cpu": CPU(roles(srv.proc.pid)),
+                   "reqs": {w: Requests(srv.url, wav, w) for w in sorted(set(workers))}, "cpu": CPU(pids),
                    "workers": wfor}
             result = measure(ctx, args, log)
         finally:
@@ -476,7 +453,7 @@ def main(argv=None) -> int:
     import ctranslate2
     import faster_whisper
 
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="whisper", date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=m,
                   wall_s=round(time.monotonic() - t_all, 1), server_startup_s=round(startup, 1),
                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
@@ -503,41 +480,6 @@ def main(argv=None) -> int:
         "openai_vs_raw_beam5": round(lookup(summary, "openai", top)["transcriptions_per_s_median"]
                                      / lookup(summary, "raw_beam5", top)["transcriptions_per_s_median"], 3)}
     return finish(result, "whisper", plot, report, args.out if write else None, log)
-
-
-# -- shared with infinity_bench.py -----------------------------------------------------------------
-def shared_options(ap, quick_help: str) -> None:
-    ap.add_argument("--max-other-cpu", type=float, default=0.3,
-                    help="a run during which other processes used more cores than this is repeated (default 0.3)")
-    ap.add_argument("--retries", type=int, default=1, help="repeats of a disturbed run (default 1)")
-    ap.add_argument("--quiet-wait", type=float, default=30.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 30)")
-    ap.add_argument("--quick", action="store_true", help=quick_help)
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the PNG and the README table from a results file")
-
-
-def replot(path: Path, name: str, plot, report) -> int:
-    result = json.loads(path.read_text())
-    plot(result, path.with_suffix(".png"))
-    driver.replace_section(HERE / "README.md", f"results:{name}", report(result)[1])
-    return 0
-
-
-def finish(result: dict, name: str, plot, report, out, log) -> int:
-    """Prints the table; with ``out``: the JSON and the PNG there, and benchmarks/README.md's table when ``out``
-    is benchmarks/results (the README shows the committed results only)."""
-    text, section = report(result)
-    print(text)
-    if out is not None:
-        driver.write_json(result, out / f"{name}.json")
-        plot(result, out / f"{name}.png")
-        readme = out.resolve() == RESULTS
-        if readme:
-            driver.replace_section(HERE / "README.md", f"results:{name}", section)
-        log(f"wrote {out / f'{name}.json'}, {out / f'{name}.png'}" + (", benchmarks/README.md" if readme else ""))
-    return 0
 
 
 if __name__ == "__main__":

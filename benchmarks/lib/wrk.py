@@ -1,8 +1,8 @@
 """A generic HTTP load driver for MLServer runtimes: real `mlserver start` processes, `wrk` as the load.
 
-Every benchmark under benchmarks/ reuses it::
+The wrk benchmarks (sklearn_bench.py, huggingface_bench.py, generation_bench.py) use it::
 
-    from driver import Variant, Target, InProcess, MODES, run, summarise, markdown_table, plot
+    from lib.wrk import Variant, Target, InProcess, MODES, run, summarise, markdown_table, plot
 
     variants = [Variant("ours", prepare=lambda root: ..., description="...")]
     result = run(variants, modes=[MODES["inprocess"], MODES["workers"]], concurrencies=[1, 16],
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,15 +39,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import tests.harness as harness  # noqa: E402
-from tests.harness import Server  # noqa: E402  (a real `mlserver start` on free ports)
+from lib.cpu import CLK_TCK, cpu_jiffies, group_cpu_s, wait_quiet
+from lib.report import log as _log
+from lib.report import machine_info
+import tests.harness as harness
+from tests.harness import Server  # a real `mlserver start` on free ports
 
 WRK_INSTALL = "apt-get install -y wrk"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -119,11 +116,6 @@ def require_wrk() -> str:
     return path
 
 
-def wrk_version() -> str:
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
-
-
 def lua_script(target: Target) -> str:
     body = target.payload().decode()
     eq = "=" * 4
@@ -173,58 +165,14 @@ def parse_wrk(out: str) -> Dict[str, Any]:
     return res
 
 
-def _cpu_jiffies() -> tuple:
-    """(busy, steal) jiffies of the whole machine: busy = user nice system irq softirq."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]] + [0] * 8
-    return vals[0] + vals[1] + vals[2] + vals[5] + vals[6], vals[7]
-
-
-def _group_cpu_s(pgid: int) -> float:
-    """User+system CPU seconds of the live processes in a process group (a server and its workers)."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # after the comm: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Cores busy on the whole machine over ``seconds`` (user, system, irq; not steal)."""
-    b0, _ = _cpu_jiffies()
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    b1, _ = _cpu_jiffies()
-    return (b1 - b0) / CLK_TCK / (time.monotonic() - t0)
-
-
-def wait_quiet(max_busy: float, timeout: float, log: Callable[[str], None]) -> float:
-    """Wait (up to ``timeout`` s) until the machine, with our servers idle, uses < ``max_busy`` cores."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy()
-    if busy >= max_busy:
-        log(f"  machine busy ({busy:.2f} cores used by other processes); waiting up to {timeout:.0f}s")
-        while busy >= max_busy and time.monotonic() < deadline:
-            time.sleep(2)
-            busy = machine_busy()
-    return busy
-
-
 def wrk(url: str, script: Path, duration: float, connections: int, threads: int = 1,
         timeout_s: str = "5s", server_pgid: Optional[int] = None) -> Dict[str, Any]:
     """One wrk run; returns the parsed figures plus CPU use (in cores) of wrk, the server and the rest."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
            f"--timeout={timeout_s}", "-s", str(script), url]
     with tempfile.TemporaryFile("w+") as out:
-        busy0, steal0 = _cpu_jiffies()
-        srv0 = _group_cpu_s(server_pgid) if server_pgid else 0.0
+        busy0, steal0 = cpu_jiffies()
+        srv0 = group_cpu_s(server_pgid) if server_pgid else 0.0
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -235,8 +183,8 @@ def wrk(url: str, script: Path, duration: float, connections: int, threads: int 
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - t0
-        srv1 = _group_cpu_s(server_pgid) if server_pgid else 0.0
-        busy1, steal1 = _cpu_jiffies()
+        srv1 = group_cpu_s(server_pgid) if server_pgid else 0.0
+        busy1, steal1 = cpu_jiffies()
         out.seek(0)
         text = out.read()
     if proc.returncode != 0:
@@ -301,10 +249,6 @@ def time_inprocess(fn: Callable[[], Any], seconds: float = 2.0, repeat: int = 5)
     best = min(times)
     return {"us_per_call": best * 1e6, "us_per_call_median": statistics.median(times) * 1e6,
             "calls_per_s": 1.0 / best, "number": number}
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def run(
@@ -377,7 +321,7 @@ def run(
                     if server.proc.poll() is not None:
                         raise RuntimeError(f"{what}: the server died:\n{server.log()[-4000:]}")
                     for attempt in range(retries + 1):
-                        idle_busy = wait_quiet(max_other_cpu, quiet_wait, log)
+                        idle_busy = wait_quiet(max_other_cpu, quiet_wait, log, pause=2.0)
                         if warmup > 0:
                             check_errors(wrk(url, scripts[key], warmup, conc, threads), what + " (warm-up)")
                         res = wrk(url, scripts[key], duration, conc, threads, server_pgid=server.proc.pid)
@@ -398,12 +342,12 @@ def run(
             for ip in inprocess:
                 fn = ip.setup()
                 for attempt in range(retries + 1):  # like the wrk runs: wait for quiet, repeat if disturbed
-                    wait_quiet(max_other_cpu, quiet_wait, log)
-                    busy0, _ = _cpu_jiffies()
+                    wait_quiet(max_other_cpu, quiet_wait, log, pause=2.0)
+                    busy0, _ = cpu_jiffies()
                     own0, t0 = time.process_time(), time.monotonic()
                     r = time_inprocess(fn, ip.seconds)
                     wall = time.monotonic() - t0
-                    busy1, _ = _cpu_jiffies()
+                    busy1, _ = cpu_jiffies()
                     r["own_cpu"] = (time.process_time() - own0) / wall
                     r["other_cpu"] = max(0.0, (busy1 - busy0) / CLK_TCK / wall - r["own_cpu"])
                     if r["other_cpu"] < max_other_cpu:
@@ -438,41 +382,6 @@ def run(
 
 
 # -- reporting -------------------------------------------------------------------------------------
-def machine_info() -> Dict[str, Any]:
-    def version(mod: str) -> Optional[str]:
-        try:
-            from importlib.metadata import version as v
-
-            return v(mod)
-        except Exception:
-            return None
-
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
-    return {
-        "hostname": platform.node(), "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-        "mem_gib": mem, "python": platform.python_version(), "wrk": wrk_version(), "git_commit": commit,
-        "loadavg_at_end": os.getloadavg(),
-        "packages": {p: version(p) for p in ("mlserver", "mlserver-sklearn", "scikit-learn", "numpy",
-                                             "fastapi", "uvicorn", "pydantic", "modelserve")},
-    }
-
-
 def summarise(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Median (and min/max) over repeats for each (variant, mode, concurrency)."""
     groups: Dict[tuple, List[dict]] = {}
@@ -573,24 +482,3 @@ def plot(result: Dict[str, Any], path: Path, title: str = "", summary: Optional[
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_json(result: Dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    tmp.replace(path)
-
-
-def replace_section(path: Path, name: str, text: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> markers (append if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc and end in doc:
-        pre, rest = doc.split(start, 1)
-        _, post = rest.split(end, 1)
-        doc = pre + block + post
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
