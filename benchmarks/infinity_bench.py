@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
 import statistics
 import sys
@@ -60,9 +59,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
-from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
-from lib.loadgen import new_session, post_json  # noqa: E402
+from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, deprioritise, roles  # noqa: E402
+from lib.loadgen import closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
 from lib.report import log as _log  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
@@ -83,13 +82,6 @@ SENTENCES = [
     "The recipe needs three eggs.", "Our team shipped the new release after two weeks of testing and fixes."]
 
 
-def infinity_command() -> str:
-    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(REPO / ".venv-infinity" / "bin" / "infinity_emb")
-    if not os.access(cmd.split()[0], os.X_OK):
-        sys.exit(f"no Infinity environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_INFINITY_COMMAND")
-    return cmd
-
-
 def start(tmp: Path, command: str, hf: bool):
     from tests.hf_models import minilm_dir
 
@@ -105,13 +97,7 @@ def start(tmp: Path, command: str, hf: bool):
                                                                             "max_length": 256}}})
     srv = Server(root, parallel_workers=0, debug=False, extra={"gzip_enabled": False},
                  env={"MODELSERVE_INFINITY_COMMAND": command, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    t0 = time.monotonic()
-    srv.start(timeout=400)
-    ports = re.findall(r"engine ready on port (\d+)", srv.log())
-    if not ports:
-        srv.stop()
-        raise RuntimeError(f"no 'engine ready on port N' in the mlserver log:\n{srv.log()[-3000:]}")
-    return srv, int(ports[-1]), time.monotonic() - t0, folder
+    return (srv, *engines.start(srv), folder)
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -162,36 +148,17 @@ async def verify(session, paths: Paths, active: tuple) -> dict:
 
 # -- throughput ------------------------------------------------------------------------------------
 async def load(paths: Paths, path: str, conc: int, batch: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    done = []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
     reqs = [paths.request(path, [SENTENCES[(i + j) % len(SENTENCES)] for j in range(batch)])
             for i in range(0, len(SENTENCES), batch if len(SENTENCES) % batch == 0 else 1)]
 
-    async with new_session() as session:
-        async def worker(i: int) -> None:
-            k = i
-            while time.perf_counter() < t1:
-                url, data = reqs[k % len(reqs)]
-                k += 1
-                s = time.perf_counter()
-                paths.vectors(path, await post_json(session, url, data), batch)
-                done.append((s, time.perf_counter()))
+    async def call(session, k: int) -> None:
+        url, data = reqs[k % len(reqs)]
+        paths.vectors(path, await post_json(session, url, data), batch)
 
-        async def window() -> dict:
-            await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-            cpu.start()
-            await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-            return cpu.stop()
-
-        *_, usage = await asyncio.gather(*[worker(i) for i in range(conc)], window())
-    lat = sorted((e - s) * 1e3 for s, e in done if t0 <= e < t1)
-    if not lat:
-        lat = [float("nan")]
-    n = len([1 for s, e in done if t0 <= e < t1])
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu)
+    n = len(inside)
     return {"sentences_per_s": n * batch / duration, "requests_per_s": n / duration, "requests": n,
-            "latency_p50_ms": statistics.median(lat), "latency_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "cpu": usage}
+            **latency(inside, allow_empty=True), "cpu": usage}
 
 
 def point_name(conc: int, batch: int) -> str:
@@ -212,15 +179,10 @@ async def measure(srv, port: int, args, log) -> dict:
     runs = []
     for rep in range(args.repeats):
         for conc, batch in args.points:
-            for path in active[rep % len(active):] + active[:rep % len(active)]:
-                for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
-                    res = await load(paths, path, conc, batch, args.warmup, args.duration, cpu)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {path} {point_name(conc, batch)}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(path=path, concurrency=conc, batch=batch, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for path in rotate(active, rep):
+                res = await measured(lambda: load(paths, path, conc, batch, args.warmup, args.duration, cpu),
+                                     f"{path} {point_name(conc, batch)}", args, log, cpu,
+                                     path=path, concurrency=conc, batch=batch, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} {point_name(conc, batch):9} {path:6}: "
@@ -363,7 +325,7 @@ def main(argv=None) -> int:
         args.points = args.points[:1]
     write = args.write or not args.quick
     log = _log
-    command = infinity_command()
+    command = engines.command("MODELSERVE_INFINITY_COMMAND", ".venv-infinity/bin/infinity_emb", "Infinity")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="modelserve-infinity-bench-") as tmp:

@@ -52,8 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import signal
 import statistics
 import sys
@@ -65,9 +63,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
 from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
-from lib.loadgen import HEADERS, new_session, post_json  # noqa: E402
+from lib.loadgen import HEADERS, closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import log as _log  # noqa: E402
 from lib.report import machine_info, replace_section, replot, write_json  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
@@ -82,13 +80,6 @@ ENGINE_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dt
 
 
 # -- the server and its processes ------------------------------------------------------------------
-def vllm_command() -> str:
-    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(REPO / ".venv-vllm" / "bin" / "python")
-    if not os.access(cmd.split()[0], os.X_OK):
-        sys.exit(f"no vLLM environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_VLLM_COMMAND")
-    return cmd
-
-
 def start(tmp: Path, command: str):
     from tests.llama_models import build_tiny_llama
 
@@ -99,13 +90,7 @@ def start(tmp: Path, command: str):
                                                        "cache_dir": str(tmp / "cache")}}})
     srv = Server(root, parallel_workers=0, debug=False, extra={"gzip_enabled": False},
                  env={"MODELSERVE_VLLM_COMMAND": command, "HF_HUB_OFFLINE": "1"})
-    t0 = time.monotonic()
-    srv.start(timeout=400)
-    ports = re.findall(r"engine ready on port (\d+)", srv.log())
-    if not ports:
-        srv.stop()
-        raise RuntimeError(f"no 'engine ready on port N' in the mlserver log:\n{srv.log()[-3000:]}")
-    return srv, int(ports[-1]), time.monotonic() - t0
+    return (srv, *engines.start(srv))
 
 
 def role(comm: str) -> str:
@@ -164,39 +149,18 @@ async def verify(session, paths: Paths) -> dict:
 
 # -- throughput ------------------------------------------------------------------------------------
 async def load(paths: Paths, path: str, conc: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    async with new_session() as session:
-        return await _load(session, paths, path, conc, warmup, duration, cpu)
-
-
-async def _load(session, paths: Paths, path: str, conc: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    done = []  # (start, end, tokens)
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
     reqs = [(p, *paths.request(path, p)) for p in PROMPTS]
 
-    async def worker(i: int) -> None:
-        k = i
-        while time.perf_counter() < t1:
-            prompt, url, data = reqs[k % len(reqs)]
-            k += 1
-            s = time.perf_counter()
-            text, n, _ = paths.answer(path, await post_json(session, url, data), prompt)
-            if n != paths.max_tokens or text != paths.expected[prompt][0]:
-                raise AssertionError(f"{path}: {n} tokens, text {text[:80]!r} for {prompt!r} under load")
-            done.append((s, time.perf_counter(), n))
+    async def call(session, k: int) -> int:
+        prompt, url, data = reqs[k % len(reqs)]
+        text, n, _ = paths.answer(path, await post_json(session, url, data), prompt)
+        if n != paths.max_tokens or text != paths.expected[prompt][0]:
+            raise AssertionError(f"{path}: {n} tokens, text {text[:80]!r} for {prompt!r} under load")
+        return n
 
-    async def window() -> dict:
-        await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-        cpu.start()
-        await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-        return cpu.stop()
-
-    *_, usage = await asyncio.gather(*[worker(i) for i in range(conc)], window())
-    inside = [(s, e, n) for s, e, n in done if t0 <= e < t1]
-    lat = sorted((e - s) * 1e3 for s, e, _ in inside)
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu)
     return {"tokens_per_s": sum(n for *_, n in inside) / duration, "requests_per_s": len(inside) / duration,
-            "requests": len(inside), "latency_p50_ms": statistics.median(lat),
-            "latency_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "cpu": usage}
+            "requests": len(inside), **latency(inside), "cpu": usage}
 
 
 # -- time to first token ---------------------------------------------------------------------------
@@ -242,15 +206,9 @@ async def measure(srv, port: int, args, log) -> dict:
         await load(paths, path, args.concurrency[0], 0.0, args.warmup, cpu)
     for rep in range(args.repeats):
         for conc in args.concurrency:
-            for path in PATHS[rep % 3:] + PATHS[:rep % 3]:
-                for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
-                    res = await load(paths, path, conc, args.warmup, args.duration, cpu)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {path} c={conc}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(path=path, concurrency=conc, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for path in rotate(PATHS, rep):
+                res = await measured(lambda: load(paths, path, conc, args.warmup, args.duration, cpu),
+                                     f"{path} c={conc}", args, log, cpu, path=path, concurrency=conc, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} c={conc} {path:6}: {res['tokens_per_s']:6.0f} tok/s "
@@ -262,7 +220,7 @@ async def measure(srv, port: int, args, log) -> dict:
         async with new_session() as session:
             cpu.start()
             for i in range(args.ttft_samples):
-                for path in PATHS[(rep + i) % 3:] + PATHS[:(rep + i) % 3]:
+                for path in rotate(PATHS, rep + i):
                     prompt = PROMPTS[i % len(PROMPTS)]
                     ttft.append({"path": path, "repeat": rep, "prompt": prompt,
                                  **await stream_once(session, paths, path, prompt)})
@@ -400,7 +358,7 @@ def main(argv=None) -> int:
         args.concurrency = args.concurrency[:1]
     write = args.write or not args.quick
     log = _log
-    command = vllm_command()
+    command = engines.command("MODELSERVE_VLLM_COMMAND", ".venv-vllm/bin/python", "vLLM")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelserve-vllm-bench-") as tmp:

@@ -52,7 +52,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,8 +60,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
-from lib.cpu import CPU, roles, wait_quiet  # noqa: E402
-from lib.loadgen import new_session, post_json  # noqa: E402
+from lib.cpu import CPU, roles  # noqa: E402
+from lib.loadgen import closed_loop, closed_loop_threads, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
 from lib.report import log as _log  # noqa: E402
 from tests.harness import Server, write_model  # noqa: E402
@@ -147,97 +146,57 @@ class Requests:
 
 
 # -- one run ---------------------------------------------------------------------------------------
-def stats(done, t0: float, t1: float, duration: float, clip_s: float, usage: dict) -> dict:
-    inside = sorted((e - s) * 1e3 for s, e in done if t0 <= e < t1)
-    if not inside:
-        raise RuntimeError("no request finished inside the window: make --duration longer")
+def stats(inside, duration: float, clip_s: float, usage: dict) -> dict:
     n = len(inside)
     return {"transcriptions_per_s": n / duration, "audio_s_per_s": n * clip_s / duration, "requests": n,
-            "latency_p50_ms": statistics.median(inside), "latency_p99_ms": inside[min(n - 1, int(0.99 * n))],
-            "cpu": usage}
+            **latency(inside), "cpu": usage}
 
 
 def run_raw(raw: Raw, wav: bytes, opts: dict, expected: str, conc: int, warmup: float, duration: float,
             clip_s: float, cpu: CPU) -> dict:
-    done, errors = [], []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
+    def call(k: int) -> None:
+        text = raw.transcribe(wav, opts)
+        if text != expected:
+            raise AssertionError(f"raw: {text[:80]!r} under load, expected {expected[:80]!r}")
 
-    def worker() -> None:
-        try:
-            while time.perf_counter() < t1:
-                s = time.perf_counter()
-                text = raw.transcribe(wav, opts)
-                if text != expected:
-                    raise AssertionError(f"raw: {text[:80]!r} under load, expected {expected[:80]!r}")
-                done.append((s, time.perf_counter()))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(conc)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, t0 - time.perf_counter()))
-    cpu.start()
-    time.sleep(max(0.0, t1 - time.perf_counter()))
-    usage = cpu.stop()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return stats(done, t0, t1, duration, clip_s, usage)
+    inside, usage = closed_loop_threads(call, conc, warmup, duration, cpu)
+    return stats(inside, duration, clip_s, usage)
 
 
 async def run_http(reqs: Requests, side: str, expected: str, conc: int, warmup: float, duration: float,
                    clip_s: float, cpu: CPU) -> dict:
     req = getattr(reqs, side)
-    done = []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
-    async with new_session(300) as session:
-        async def worker() -> None:
-            while time.perf_counter() < t1:
-                s = time.perf_counter()
-                doc = await post_json(session, *req)
-                if side != "noop" and reqs.text(side, doc) != expected:
-                    raise AssertionError(f"{side}: {reqs.text(side, doc)[:80]!r} under load, expected {expected[:80]!r}")
-                done.append((s, time.perf_counter()))
 
-        async def window() -> dict:
-            await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-            cpu.start()
-            await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-            return cpu.stop()
+    async def call(session, k: int) -> None:
+        doc = await post_json(session, *req)
+        if side != "noop" and reqs.text(side, doc) != expected:
+            raise AssertionError(f"{side}: {reqs.text(side, doc)[:80]!r} under load, expected {expected[:80]!r}")
 
-        *_, usage = await asyncio.gather(*[worker() for _ in range(conc)], window())
-    return stats(done, t0, t1, duration, clip_s, usage)
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu, timeout=300)
+    return stats(inside, duration, clip_s, usage)
 
 
-def run_one(ctx: dict, side: str, conc: int, warmup: float, duration: float) -> dict:
+async def run_one(ctx: dict, side: str, conc: int, warmup: float, duration: float) -> dict:
     if side == "noop":  # milliseconds per request: a short window is plenty
         duration, warmup = min(duration, 3.0), min(warmup, 1.0)
     w = ctx["workers"](conc)
-    if side.startswith("raw"):
+    if side.startswith("raw"):  # threads in this process; the event loop has nothing else to do meanwhile
         opts = GREEDY if side == "raw" else BEAM5
         return run_raw(ctx["raw"][w], ctx["wav"], opts, ctx["expected"][side], conc, warmup, duration, ctx["clip_s"],
                        ctx["cpu"])
-    return asyncio.run(run_http(ctx["reqs"][w], side, ctx["expected"].get(side, ""), conc, warmup, duration,
-                                ctx["clip_s"], ctx["cpu"]))
+    return await run_http(ctx["reqs"][w], side, ctx["expected"].get(side, ""), conc, warmup, duration,
+                          ctx["clip_s"], ctx["cpu"])
 
 
-def verify(ctx: dict) -> dict:
+async def verify(ctx: dict) -> dict:
     """One clip, every side and every model: the same text (v2 = raw greedy; openai = raw with OpenAI's options)."""
     wav = ctx["wav"]
     expected = None
     for w in ctx["raw"]:
         raw, reqs = ctx["raw"][w], ctx["reqs"][w]
         want = {"raw": raw.transcribe(wav, GREEDY), "raw_beam5": raw.transcribe(wav, BEAM5)}
-
-        async def ours():
-            async with new_session(300) as s:
-                return {side: reqs.text(side, await post_json(s, *getattr(reqs, side))) for side in ("v2", "openai")}
-
-        got = asyncio.run(ours())
+        async with new_session(300) as s:
+            got = {side: reqs.text(side, await post_json(s, *getattr(reqs, side))) for side in ("v2", "openai")}
         for side, base in PAIRS.items():
             if got[side] != want[base]:
                 raise AssertionError(f"{side} (num_workers {w}) answered {got[side]!r}, faster-whisper directly "
@@ -251,25 +210,18 @@ def verify(ctx: dict) -> dict:
     return expected
 
 
-def measure(ctx: dict, args, log) -> dict:
+async def measure(ctx: dict, args, log) -> dict:
     cpu = ctx["cpu"]
-    checked = verify(ctx)
+    checked = await verify(ctx)
     log(f"verified: v2 == raw ({checked['v2'][:40]!r}...), openai == raw_beam5 ({checked['openai'][:40]!r}...)")
     for side in SIDES:  # the first calls at a new concurrency are slow: a discarded round first
-        run_one(ctx, side, args.concurrency[0], 0.0, max(3.0, args.warmup))
+        await run_one(ctx, side, args.concurrency[0], 0.0, max(3.0, args.warmup))
     runs = []
     for rep in range(args.repeats):
         for conc in args.concurrency:
-            order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
-            for side in order:
-                for attempt in range(args.retries + 1):
-                    wait_quiet(args.max_other_cpu, args.quiet_wait, log, cpu)
-                    res = run_one(ctx, side, conc, args.warmup, args.duration)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {side} c={conc}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(side=side, concurrency=conc, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for side in rotate(SIDES, rep):
+                res = await measured(lambda: run_one(ctx, side, conc, args.warmup, args.duration),
+                                     f"{side} c={conc}", args, log, cpu, side=side, concurrency=conc, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} c={conc} {side:9}: {res['transcriptions_per_s']:7.2f}/s "
@@ -446,7 +398,7 @@ def main(argv=None) -> int:
             ctx = {"raw": raws, "wav": wav, "clip_s": args.clip_seconds,
                    "reqs": {w: Requests(srv.url, wav, w) for w in sorted(set(workers))}, "cpu": CPU(pids),
                    "workers": wfor}
-            result = measure(ctx, args, log)
+            result = asyncio.run(measure(ctx, args, log))
         finally:
             srv.stop()
     import aiohttp

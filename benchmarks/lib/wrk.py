@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from lib.cpu import CLK_TCK, cpu_jiffies, group_cpu_s, wait_quiet
+from lib.loadgen import rotate
 from lib.report import log as _log
 from lib.report import machine_info
 import tests.harness as harness
@@ -312,8 +313,7 @@ def run(
         order = 0
         for rep in range(repeats):
             for conc in concurrencies:
-                k = rep % len(pairs)
-                for mode, v in pairs[k:] + pairs[:k]:
+                for mode, v in rotate(pairs, rep):
                     key = (v.name, mode.name)
                     server, target = servers[key], targets[key]
                     url = server.url + target.route
