@@ -49,7 +49,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -62,8 +61,8 @@ sys.path.insert(0, str(HERE))
 from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
 from lib.cpu import CPU, deprioritise, roles  # noqa: E402
 from lib.loadgen import closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
-from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
-from lib.report import log as _log  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
 
 MODEL, HF = "emb", "minilm"
@@ -199,21 +198,11 @@ def summarise(result: dict) -> dict:
     for conc, batch in points:
         for path in result["paths"]:
             rs = [r for r in result["runs"] if r["path"] == path and r["concurrency"] == conc and r["batch"] == batch]
-            xs = [r["sentences_per_s"] for r in rs]
-            med = statistics.median(xs)
-            tp.append({"path": path, "concurrency": conc, "batch": batch, "n": len(rs),
-                       "sentences_per_s_median": round(med, 1), "sentences_per_s_min": round(min(xs), 1),
-                       "sentences_per_s_max": round(max(xs), 1), "spread": round((max(xs) - min(xs)) / med, 3),
-                       "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 2),
-                       "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 2),
-                       "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                       "disturbed": sum(r["disturbed"] for r in rs)})
+            tp.append({"path": path, "concurrency": conc, "batch": batch, **repeat_stats(rs, "sentences_per_s", 1, 2)})
         by = {(r["path"], r["repeat"]): r["sentences_per_s"] for r in result["runs"]
               if r["concurrency"] == conc and r["batch"] == batch}
         for path in result["paths"][1:]:
-            each = [by[path, rep] / by["direct", rep] for rep in range(reps)]
-            paired[f"{path}_vs_direct_c{conc}_b{batch}"] = {"median": round(statistics.median(each), 3),
-                                                            "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{path}_vs_direct_c{conc}_b{batch}"] = paired_ratio(by, path, "direct", reps)
     return {"throughput": tp, "paired_ratios": paired}
 
 
@@ -231,7 +220,7 @@ def table(result: dict) -> str:
     head = (["path", "what"] + [point_name(c, b) for c, b in points]
             + ["vs direct: " + " / ".join(point_name(c, b) for c, b in points),
                f"CPU at {point_name(*top)}: loadgen / mlserver / engine"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     pr = summary["paired_ratios"]
     for path in result["paths"]:
         cells = [f"`{path}`", WHAT[path]]
@@ -243,25 +232,15 @@ def table(result: dict) -> str:
                                 for c, b in points))
         s = lookup(summary, path, *top)
         cells.append(f"{s['cpu']['loadgen']:.2f} / {s['cpu']['mlserver']:.2f} / {s['cpu']['engine']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, points, cfg = result["summary"], result["config"]["points"], result["config"]
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    w = 0.8 / len(result["paths"])
+    fig, ax = pyplot().subplots(figsize=(11, 4.8))
     for i, p in enumerate(result["paths"]):
-        ss = [lookup(summary, p, c, b) for c, b in points]
-        ys = [s["sentences_per_s_median"] for s in ss]
-        err = [[y - s["sentences_per_s_min"] for y, s in zip(ys, ss)], [s["sentences_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = ax.bar([g - 0.4 + w * (i + 0.5) for g in range(len(points))], ys, w, yerr=err, capsize=3, label=p)
-        ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+        bars(ax, i, len(result["paths"]), [lookup(summary, p, c, b) for c, b in points], "sentences_per_s", p)
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([f"{c} clients,\n{b} sentence(s)/request" for c, b in points])
     ax.set_ylabel("sentences / s (median of repeats; whiskers min–max)")
@@ -273,9 +252,7 @@ def plot(result: dict, path: Path) -> None:
                  f"{point_name(*points[0])}\n{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, "
                  f"{cfg['repeats']} interleaved repeats, engine nice {result['scheduling']['engine_nice']}, "
                  f"{result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def report(result: dict) -> tuple:
@@ -323,8 +300,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 3.0, 1.0, 1, 5.0
         args.points = args.points[:1]
-    write = args.write or not args.quick
-    log = _log
     command = engines.command("MODELSERVE_INFINITY_COMMAND", ".venv-infinity/bin/infinity_emb", "Infinity")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
@@ -369,7 +344,7 @@ def main(argv=None) -> int:
     result["ratios_of_medians"] = {
         k: round(lookup(summary, p, c, b)["sentences_per_s_median"] / lookup(summary, "direct", c, b)["sentences_per_s_median"], 3)
         for k, p in (("vs_raw", "v2"), ("openai_vs_raw", "openai"))}
-    return finish(result, "infinity", plot, report, args.out if write else None, log)
+    return finish(result, "infinity", plot, report, out_dir(args), log)
 
 
 if __name__ == "__main__":

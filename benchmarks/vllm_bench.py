@@ -66,11 +66,10 @@ sys.path.insert(0, str(HERE))
 from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
 from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
 from lib.loadgen import HEADERS, closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
-from lib.report import log as _log  # noqa: E402
-from lib.report import machine_info, replace_section, replot, write_json  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
 
-RESULTS = HERE / "results"
 MODEL = "llm"
 PATHS = ("direct", "openai", "v2")
 PROMPTS = ["The quick brown fox", "Once upon a time", "Hello! How are you today?", "Computers follow instructions",
@@ -237,15 +236,7 @@ def summarise(result: dict) -> dict:
     for conc in result["config"]["concurrencies"]:
         for path in PATHS:
             rs = [r for r in result["runs"] if r["path"] == path and r["concurrency"] == conc]
-            tps = [r["tokens_per_s"] for r in rs]
-            med = statistics.median(tps)
-            tp.append({"path": path, "concurrency": conc, "n": len(rs), "tokens_per_s_median": round(med, 1),
-                       "tokens_per_s_min": round(min(tps), 1), "tokens_per_s_max": round(max(tps), 1),
-                       "spread": round((max(tps) - min(tps)) / med, 3),
-                       "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 1),
-                       "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 1),
-                       "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                       "disturbed": sum(r["disturbed"] for r in rs)})
+            tp.append({"path": path, "concurrency": conc, **repeat_stats(rs, "tokens_per_s", 1, 1)})
     tt = {}
     for path in PATHS:
         xs = sorted(t["ttft_ms"] for t in result["ttft_samples"] if t["path"] == path)
@@ -259,9 +250,7 @@ def summarise(result: dict) -> dict:
     for conc in result["config"]["concurrencies"]:
         by = {(r["path"], r["repeat"]): r["tokens_per_s"] for r in result["runs"] if r["concurrency"] == conc}
         for path in PATHS[1:]:
-            each = [by[path, rep] / by["direct", rep] for rep in range(result["config"]["repeats"])]
-            paired[f"{path}_vs_direct_c{conc}"] = {"median": round(statistics.median(each), 3),
-                                                   "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{path}_vs_direct_c{conc}"] = paired_ratio(by, path, "direct", result["config"]["repeats"])
     return {"throughput": tp, "ttft": tt, "paired_ratios": paired}
 
 
@@ -276,7 +265,7 @@ def table(result: dict) -> str:
     head = ["path", "what"] + [f"tokens/s c={c}" for c in concs] + ["vs direct: " + " / ".join(f"c={c}" for c in concs),
                                                                      "TTFT median (p10–p90)",
                                                                      f"CPU at c={top}: mlserver / vLLM API / engine"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for path in PATHS:
         cells = [f"`{path}`", what[path]]
         for c in concs:
@@ -288,25 +277,16 @@ def table(result: dict) -> str:
         ratio = " / ".join("1" if path == "direct" else f"{pr[f'{path}_vs_direct_c{c}']['median']:.3f}" for c in concs)
         cells += [ratio, f"**{t['median_ms']:.1f}** ms ({t['p10_ms']:.1f}–{t['p90_ms']:.1f})",
                   f"{s['cpu']['mlserver']:.2f} / {s['cpu']['vllm_api']:.2f} / {s['cpu']['vllm_engine']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, concs = result["summary"], result["config"]["concurrencies"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [max(2, len(concs)), 1.3]})
-    w = 0.8 / len(PATHS)
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(11, 4.6),
+                                      gridspec_kw={"width_ratios": [max(2, len(concs)), 1.3]})
     for i, p in enumerate(PATHS):
-        ss = [lookup(summary, p, c) for c in concs]
-        ys = [s["tokens_per_s_median"] for s in ss]
-        err = [[y - s["tokens_per_s_min"] for y, s in zip(ys, ss)], [s["tokens_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = a1.bar([g - 0.4 + w * (i + 0.5) for g in range(len(concs))], ys, w, yerr=err, capsize=3, label=p)
-        a1.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+        bars(a1, i, len(PATHS), [lookup(summary, p, c) for c in concs], "tokens_per_s", p)
     a1.set_xticks(range(len(concs)))
     a1.set_xticklabels([f"c={c}" for c in concs])
     a1.set_ylabel("output tokens / s (median of repeats; whiskers min–max)")
@@ -314,9 +294,9 @@ def plot(result: dict, path: Path) -> None:
     a1.margins(y=0.12)
     tt = [summary["ttft"][p] for p in PATHS]
     ys = [t["median_ms"] for t in tt]
-    bars = a2.bar(PATHS, ys, 0.6, color=["C0", "C1", "C2"], capsize=3,
-                  yerr=[[y - t["p10_ms"] for y, t in zip(ys, tt)], [t["p90_ms"] - y for y, t in zip(ys, tt)]])
-    a2.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=2)
+    drawn = a2.bar(PATHS, ys, 0.6, color=["C0", "C1", "C2"], capsize=3,
+                   yerr=[[y - t["p10_ms"] for y, t in zip(ys, tt)], [t["p90_ms"] - y for y, t in zip(ys, tt)]])
+    a2.bar_label(drawn, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=2)
     a2.set_ylabel("time to first token, ms (median; whiskers p10–p90)")
     a2.margins(y=0.12)
     m, cfg = result["machine"], result["config"]
@@ -324,9 +304,7 @@ def plot(result: dict, path: Path) -> None:
                  f"direct vs ours\n{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, "
                  f"{cfg['repeats']} interleaved repeats, {cfg['ttft_samples'] * cfg['repeats']} sequential streams "
                  f"per path, engine nice {result['scheduling']['engine_nice']}, {result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
@@ -338,17 +316,10 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="8,1", help="comma-separated; the first is the ratios' (default 8,1)")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default 64)")
     ap.add_argument("--ttft-samples", type=int, default=20, help="sequential streams per path per repeat (default 20)")
-    ap.add_argument("--max-other-cpu", type=float, default=0.25,
-                    help="a run during which other processes used more cores than this is repeated (default 0.25)")
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run (default 2)")
-    ap.add_argument("--quiet-wait", type=float, default=60.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 60)")
     ap.add_argument("--engine-nice", type=int, default=10,
                     help="nice value given to vLLM's processes (their autogroup); 0: as shipped (default 10)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: c=8, 3 s, 1 repeat, 5 streams; writes nothing")
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the PNG and the README table from a results file")
+    shared_options(ap, "smoke run: c=8, 3 s, 1 repeat, 5 streams; writes nothing",
+                   max_other_cpu=0.25, retries=2, quiet_wait=60.0)
     args = ap.parse_args(argv)
     if args.replot:
         return replot(args.replot, "vllm", plot, report)
@@ -356,8 +327,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeats, args.ttft_samples = 3.0, 1.0, 1, 5
         args.concurrency = args.concurrency[:1]
-    write = args.write or not args.quick
-    log = _log
     command = engines.command("MODELSERVE_VLLM_COMMAND", ".venv-vllm/bin/python", "vLLM")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all = time.monotonic()
@@ -394,14 +363,7 @@ def main(argv=None) -> int:
     tt = summary["ttft"]
     result["ttft_overhead_ms"] = round(tt["openai"]["median_ms"] - tt["direct"]["median_ms"], 2)
     result["ttft_overhead_v2_ms"] = round(tt["v2"]["median_ms"] - tt["direct"]["median_ms"], 2)
-    text, section = report(result)
-    print(text)
-    if write:
-        write_json(result, args.out / "vllm.json")
-        plot(result, args.out / "vllm.png")
-        replace_section(HERE / "README.md", "results:vllm", section)
-        log(f"wrote {args.out / 'vllm.json'}, {args.out / 'vllm.png'}, {HERE / 'README.md'}")
-    return 0
+    return finish(result, "vllm", plot, report, out_dir(args), log)
 
 
 def report(result: dict) -> tuple:

@@ -49,7 +49,6 @@ import io
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -62,8 +61,8 @@ sys.path.insert(0, str(HERE))
 from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
 from lib.cpu import CPU, roles  # noqa: E402
 from lib.loadgen import closed_loop, closed_loop_threads, latency, measured, new_session, post_json, rotate  # noqa: E402
-from lib.report import finish, machine_info, replot, shared_options  # noqa: E402
-from lib.report import log as _log  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
 
 MODEL, NOOP = "whisper", "noop"
@@ -237,21 +236,12 @@ def summarise(result: dict) -> dict:
     for conc in cfg["concurrencies"]:
         for side in SIDES:
             rs = [r for r in result["runs"] if r["side"] == side and r["concurrency"] == conc]
-            xs = [r["transcriptions_per_s"] for r in rs]
-            med = statistics.median(xs)
-            out.append({"side": side, "concurrency": conc, "n": len(rs), "transcriptions_per_s_median": round(med, 3),
-                        "transcriptions_per_s_min": round(min(xs), 3), "transcriptions_per_s_max": round(max(xs), 3),
-                        "audio_s_per_s_median": round(med * cfg["clip_seconds"], 2),
-                        "spread": round((max(xs) - min(xs)) / med, 3),
-                        "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 1),
-                        "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 1),
-                        "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                        "disturbed": sum(r["disturbed"] for r in rs)})
+            out.append({"side": side, "concurrency": conc,
+                        **repeat_stats(rs, "transcriptions_per_s", 3, 1,
+                                       lambda med: {"audio_s_per_s_median": round(med * cfg["clip_seconds"], 2)})})
         by = {(r["side"], r["repeat"]): r["transcriptions_per_s"] for r in result["runs"] if r["concurrency"] == conc}
         for ours, base in PAIRS.items():
-            each = [by[ours, rep] / by[base, rep] for rep in range(cfg["repeats"])]
-            paired[f"{ours}_vs_{base}_c{conc}"] = {"median": round(statistics.median(each), 3),
-                                                   "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{ours}_vs_{base}_c{conc}"] = paired_ratio(by, ours, base, cfg["repeats"])
     return {"throughput": out, "paired_ratios": paired}
 
 
@@ -271,7 +261,7 @@ def table(result: dict) -> str:
     top = concs[0]
     head = ["side", "what"] + [f"c={c}" for c in concs] + ["vs raw: " + " / ".join(f"c={c}" for c in concs),
                                                           f"CPU at c={top}: bench process / mlserver"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     pr = summary["paired_ratios"]
     for side in SIDES:
         cells = [f"`{side}`", WHAT[side]]
@@ -289,28 +279,17 @@ def table(result: dict) -> str:
             cells.append("1" if side.startswith("raw") else "")
         s = lookup(summary, side, top)
         cells.append(f"{s['cpu']['loadgen']:.2f} / {s['cpu']['mlserver']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, concs, cfg = result["summary"], result["config"]["concurrencies"], result["config"]
     sides = [s for s in SIDES if s != "noop"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
     order = sorted(concs)
-    w = 0.8 / len(sides)
     for i, side in enumerate(sides):
-        ss = [lookup(summary, side, c) for c in order]
-        ys = [s["transcriptions_per_s_median"] for s in ss]
-        err = [[y - s["transcriptions_per_s_min"] for y, s in zip(ys, ss)],
-               [s["transcriptions_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = a1.bar([g - 0.4 + w * (i + 0.5) for g in range(len(order))], ys, w, yerr=err, capsize=3, label=side)
-        a1.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+        bars(a1, i, len(sides), [lookup(summary, side, c) for c in order], "transcriptions_per_s", side, "{:.2f}")
     a1.set_xticks(range(len(order)))
     a1.set_xticklabels([f"c={c}" for c in order])
     a1.set_ylabel(f"transcriptions / s of a {cfg['clip_seconds']:g} s clip\n(median of repeats; whiskers min–max)")
@@ -329,9 +308,7 @@ def plot(result: dict, path: Path) -> None:
                  f"vs_raw {r['vs_raw']:.3f}, openai_vs_raw_beam5 {r['openai_vs_raw_beam5']:.3f} at c={concs[0]}; "
                  f"{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, {cfg['repeats']} interleaved "
                  f"repeats, {result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def report(result: dict) -> tuple:
@@ -376,8 +353,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 4.0, 1.0, 1, 5.0
         args.concurrency = args.concurrency[:1]
-    write = args.write or not args.quick
-    log = _log
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
 
@@ -431,7 +406,7 @@ def main(argv=None) -> int:
                         / lookup(summary, "raw", top)["transcriptions_per_s_median"], 3),
         "openai_vs_raw_beam5": round(lookup(summary, "openai", top)["transcriptions_per_s_median"]
                                      / lookup(summary, "raw_beam5", top)["transcriptions_per_s_median"], 3)}
-    return finish(result, "whisper", plot, report, args.out if write else None, log)
+    return finish(result, "whisper", plot, report, out_dir(args), log)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from lib import BENCHMARKS, REPO
 
@@ -97,6 +98,71 @@ def finish(result: dict, name: str, plot: Optional[Callable], report: Callable, 
             replace_section(README, f"results:{name}", section)
         log("wrote " + ", ".join(map(str, written)) + (", benchmarks/README.md" if readme else ""))
     return 0
+
+
+# -- summaries, tables, plots ---------------------------------------------------------------------
+def repeat_stats(runs: List[dict], metric: str, digits: int, latency_digits: int,
+                 extra: Optional[Callable[[float], dict]] = None) -> dict:
+    """The summary of one point over its repeats (runs as ``lib.loadgen.measured`` returns them): how many, the
+    median/min/max of ``metric`` rounded to ``digits``, ``extra(unrounded median)``'s entries, the spread (max−min
+    over the median), the median p50/p99 latency, the median CPU of each role, how many are marked disturbed."""
+    xs = [r[metric] for r in runs]
+    med = statistics.median(xs)
+    return {"n": len(runs), f"{metric}_median": round(med, digits), f"{metric}_min": round(min(xs), digits),
+            f"{metric}_max": round(max(xs), digits), **(extra(med) if extra else {}),
+            "spread": round((max(xs) - min(xs)) / med, 3),
+            "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in runs), latency_digits),
+            "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in runs), latency_digits),
+            "cpu": {k: round(statistics.median(r["cpu"][k] for r in runs), 3) for k in runs[0]["cpu"]},
+            "disturbed": sum(r["disturbed"] for r in runs)}
+
+
+def paired_ratio(by: Dict[tuple, float], ours: str, base: str, repeats: int) -> dict:
+    """``ours`` over ``base`` within each repeat (they ran back to back), and the median of those; ``by``:
+    (side, repeat) -> figure."""
+    each = [by[ours, rep] / by[base, rep] for rep in range(repeats)]
+    return {"median": round(statistics.median(each), 3), "each_repeat": [round(x, 3) for x in each]}
+
+
+def md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A Markdown table: the header row, the separator, one line per row of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (the Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def bars(ax, i: int, n: int, rows: Sequence[Optional[dict]], prefix: str, label: str, fmt: str = "{:,.0f}") -> None:
+    """Series ``i`` of ``n`` in a grouped bar chart: in group g, the bar of ``rows[g]`` (None: none) at the height
+    of its PREFIX_median, whiskers to its PREFIX_min and PREFIX_max, labelled with ``fmt``."""
+    width = 0.8 / max(1, n)
+    xs, ys, lo, hi = [], [], [], []
+    for g, s in enumerate(rows):
+        if s is None:
+            continue
+        y = s[f"{prefix}_median"]
+        xs.append(g - 0.4 + width * (i + 0.5))
+        ys.append(y)
+        lo.append(y - s[f"{prefix}_min"])
+        hi.append(s[f"{prefix}_max"] - y)
+    drawn = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=label)
+    ax.bar_label(drawn, labels=[fmt.format(y) for y in ys], fontsize=7, padding=2)
+
+
+def save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
 
 
 # -- the machine -----------------------------------------------------------------------------------

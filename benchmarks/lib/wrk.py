@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from lib.cpu import CLK_TCK, cpu_jiffies, group_cpu_s, wait_quiet
 from lib.loadgen import rotate
 from lib.report import log as _log
-from lib.report import machine_info
+from lib.report import bars, machine_info, md_table, pyplot, save
 import tests.harness as harness
 from tests.harness import Server  # a real `mlserver start` on free ports
 
@@ -411,74 +411,96 @@ def lookup(summary: Iterable[Dict[str, Any]], variant: str, mode: str, conc: int
     return None
 
 
-def markdown_table(result: Dict[str, Any], summary: Optional[List[Dict[str, Any]]] = None) -> str:
-    """Rows: variant; columns: mode × concurrency; cells: median req/s (p50 / p99 ms)."""
-    summary = summary or summarise(result)
+def bottleneck(result: Dict[str, Any]) -> Dict[str, float]:
+    """The most CPU (cores) wrk and the other processes used during any run: ``result["wrk_bottleneck"]``."""
+    return {"max_wrk_cpu_cores": round(max(r["wrk_cpu"] for r in result["runs"]), 3),
+            "max_other_cpu_cores": round(max(r["other_cpu"] for r in result["runs"]), 3)}
+
+
+def targets(ratios: Dict[str, Optional[float]], minima: Dict[str, float]) -> Dict[str, dict]:
+    """``result["targets"]``: each ratio's minimum and whether it is met."""
+    return {k: {"min": v, "met": (ratios[k] or 0) >= v} for k, v in minima.items()}
+
+
+def verdict(result: Dict[str, Any]) -> str:
+    """The ratios against their targets, for the text."""
+    r = result["ratios"]
+    return ", ".join(f"{k} = {r[k]} (target ≥ {t['min']}: {'met' if t['met'] else 'MISSED'})"
+                     for k, t in result["targets"].items())
+
+
+def load_note(result: Dict[str, Any]) -> str:
+    """What wrk and the other processes used at most, for the text (without the full stop)."""
+    wb = result["wrk_bottleneck"]
+    return (f"wrk used at most {wb['max_wrk_cpu_cores']:.2f} of a core; other processes at most "
+            f"{wb['max_other_cpu_cores']:.2f} cores during a run")
+
+
+def section_head(result: Dict[str, Any]) -> str:
+    """The start of a README section: when and where it ran, and how long each run was."""
+    m, cfg = result["machine"], result["config"]
+    return (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t{cfg['wrk_threads']}, "
+            f"{cfg['duration_s']:g} s per run after a {cfg['warmup_s']:g} s warm-up, {cfg['repeats']} interleaved "
+            "repeats")
+
+
+def groups(result: Dict[str, Any]) -> List[tuple]:
+    """The (mode, concurrency) columns of a result's table (the groups of its plot), in order."""
     cfg = result["config"]
-    modes, concs = list(cfg["modes"]), cfg["concurrencies"]
-    variants = list(cfg["variants"])
-    head = ["variant"] + [f"{m} c={c}" for m in modes for c in concs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in variants:
-        cells = [f"`{v}`"]
-        for m in modes:
-            for c in concs:
-                s = lookup(summary, v, m, c)
-                cells.append("–" if s is None else
-                             f"**{s['rps_median']:,.0f}** req/s<br>p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms")
-        lines.append("| " + " | ".join(cells) + " |")
+    return [(m, c) for m in cfg["modes"] for c in cfg["concurrencies"]]
+
+
+def inprocess_medians(result: Dict[str, Any]) -> Dict[str, float]:
+    """Median µs per call of each in-process timing, by name."""
     by_name: Dict[str, List[dict]] = {}
     for t in result.get("inprocess", []):
         by_name.setdefault(t["variant"], []).append(t)
-    for name, ts in by_name.items():
-        us = statistics.median(t["us_per_call"] for t in ts)
-        cell = f"{us:.1f} µs/call = {1e6 / us:,.0f} calls/s (in-process, no server)"
-        lines.append("| " + " | ".join([f"`{name}`", cell] + [""] * (len(head) - 2)) + " |")
-    return "\n".join(lines)
+    return {name: statistics.median(t["us_per_call"] for t in ts) for name, ts in by_name.items()}
+
+
+def grid_table(result: Dict[str, Any], summary: List[Dict[str, Any]], cell: Callable[[Dict[str, Any]], str],
+               extra: Optional[tuple] = None, others: Sequence[Sequence[str]] = ()) -> str:
+    """Rows: variant (then ``extra`` = (title, value of a variant) as a second column, if given); columns:
+    mode × concurrency; cells: ``cell(summary row)``, "–" where none. Then the rows ``others``, padded."""
+    head = ["variant"] + ([extra[0]] if extra else []) + [f"{m} c={c}" for m, c in groups(result)]
+    rows = [[f"`{v}`"] + ([extra[1](v)] if extra else [])
+            + ["–" if s is None else cell(s) for s in (lookup(summary, v, m, c) for m, c in groups(result))]
+            for v in result["config"]["variants"]]
+    return md_table(head, rows + [list(r) + [""] * (len(head) - len(r)) for r in others])
+
+
+def markdown_table(result: Dict[str, Any], summary: Optional[List[Dict[str, Any]]] = None) -> str:
+    """Rows: variant; columns: mode × concurrency; cells: median req/s (p50 / p99 ms)."""
+    others = [[f"`{name}`", f"{us:.1f} µs/call = {1e6 / us:,.0f} calls/s (in-process, no server)"]
+              for name, us in inprocess_medians(result).items()]
+    return grid_table(result, summary or summarise(result),
+                      lambda s: f"**{s['rps_median']:,.0f}** req/s<br>p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms",
+                      others=others)
+
+
+def grid_bars(result: Dict[str, Any], summary: List[Dict[str, Any]], prefix: str, label: Callable[[str], str],
+              group_width: float):
+    """A figure of grouped bars: the median PREFIX (whiskers min–max) of each variant, labelled ``label(variant)``,
+    in one group per (mode, concurrency). Returns (fig, ax)."""
+    variants, gs = list(result["config"]["variants"]), groups(result)
+    fig, ax = pyplot().subplots(figsize=(max(7, group_width * len(gs)), 4.8))
+    for i, v in enumerate(variants):
+        bars(ax, i, len(variants), [lookup(summary, v, m, c) for m, c in gs], prefix, label(v))
+    ax.set_xticks(range(len(gs)))
+    ax.set_xticklabels([f"{m}\nc={c}" for m, c in gs])
+    return fig, ax
 
 
 def plot(result: Dict[str, Any], path: Path, title: str = "", summary: Optional[List[Dict[str, Any]]] = None) -> None:
     """Grouped bars: median req/s per variant, one group per (mode, concurrency); whiskers min–max."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summary or summarise(result)
     cfg = result["config"]
-    modes, concs, variants = list(cfg["modes"]), cfg["concurrencies"], list(cfg["variants"])
-    groups = [(m, c) for m in modes for c in concs]
-    width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(groups)), 4.8))
-    for i, v in enumerate(variants):
-        xs, ys, lo, hi = [], [], [], []
-        for g, (m, c) in enumerate(groups):
-            s = lookup(summary, v, m, c)
-            if s is None:
-                continue
-            xs.append(g - 0.4 + width * (i + 0.5))
-            ys.append(s["rps_median"])
-            lo.append(s["rps_median"] - s["rps_min"])
-            hi.append(s["rps_max"] - s["rps_median"])
-        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
-        ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{m}\nc={c}" for m, c in groups])
+    fig, ax = grid_bars(result, summary or summarise(result), "rps", str, 2.2)
     ax.set_ylabel("requests / s (median of repeats; whiskers: min–max)")
-    notes = []
-    by_name: Dict[str, List[dict]] = {}
-    for t in result.get("inprocess", []):
-        by_name.setdefault(t["variant"], []).append(t)
-    for name, ts in by_name.items():
-        us = statistics.median(t["us_per_call"] for t in ts)
-        notes.append(f"{name}: {us:.0f} µs/call ≈ {1e6 / us:,.0f} calls/s")
+    notes = [f"{name}: {us:.0f} µs/call ≈ {1e6 / us:,.0f} calls/s" for name, us in inprocess_medians(result).items()]
     m = result["machine"]
     sub = (f"{m['cores']} cores {m['cpu']}, wrk -t{cfg['wrk_threads']} -d{cfg['duration_s']:g}s, "
            f"{cfg['repeats']} interleaved repeats, {result['date'][:10]}")
     ax.set_title((title + "\n" if title else "") + sub + ("\n" + "; ".join(notes) if notes else ""), fontsize=9)
     ax.legend(fontsize=8)
     ax.margins(y=0.12)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
