@@ -384,11 +384,11 @@ def run(
 # -- reporting -------------------------------------------------------------------------------------
 def summarise(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Median (and min/max) over repeats for each (variant, mode, concurrency)."""
-    groups: Dict[tuple, List[dict]] = {}
+    by_point: Dict[tuple, List[dict]] = {}
     for r in result["runs"]:
-        groups.setdefault((r["variant"], r["mode"], r["concurrency"]), []).append(r)
+        by_point.setdefault((r["variant"], r["mode"], r["concurrency"]), []).append(r)
     out = []
-    for (variant, mode, conc), rs in groups.items():
+    for (variant, mode, conc), rs in by_point.items():
         rps = [r["rps"] for r in rs]
         out.append({
             "variant": variant, "mode": mode, "concurrency": conc, "n": len(rs),
