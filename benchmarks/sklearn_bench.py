@@ -20,11 +20,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402
-from driver import MODES, InProcess, Target, Variant  # noqa: E402
+from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.report import finish, out_dir, shared_options  # noqa: E402
+from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
 from tests.harness import write_model  # noqa: E402
 
-RESULTS = HERE / "results"
 ROW = [5.1, 3.5, 1.4, 0.2]
 REQUEST = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": ROW}],
            "outputs": [{"name": "predict"}]}
@@ -84,10 +84,10 @@ def raw_predict(model_file: Path) -> InProcess:
 
 
 def ratios(summary) -> dict:
-    ours = driver.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
+    ours = wrk.lookup(summary, "modelserve", RATIO_MODE, RATIO_CONC)
     out = {}
     for key, other in (("vs_mlserver_sklearn", "mlserver_sklearn"), ("vs_noop", "noop")):
-        theirs = driver.lookup(summary, other, RATIO_MODE, RATIO_CONC)
+        theirs = wrk.lookup(summary, other, RATIO_MODE, RATIO_CONC)
         out[key] = round(ours["rps_median"] / theirs["rps_median"], 3) if ours and theirs else None
     return out
 
@@ -99,10 +99,23 @@ def all_ratios(summary) -> dict:
         if s["variant"] != "modelserve":
             continue
         for other in ("mlserver_sklearn", "noop"):
-            theirs = driver.lookup(summary, other, s["mode"], s["concurrency"])
+            theirs = wrk.lookup(summary, other, s["mode"], s["concurrency"])
             if theirs:
                 out[f"{s['mode']} c={s['concurrency']} vs {other}"] = round(s["rps_median"] / theirs["rps_median"], 3)
     return out
+
+
+def report(result: dict) -> tuple:
+    """The printed text (table, ratios, the load generator's CPU) and the README section, from a result."""
+    text = (f"{wrk.markdown_table(result, result['summary'])}\n\nRatios ({result['ratios_basis']}): "
+            f"{wrk.verdict(result)}.\n\n{wrk.load_note(result)}.")
+    section = (f"{wrk.section_head(result)}; cells are the median req/s with median p50 / p99 latency.\n\n{text}\n\n"
+               "![sklearn](results/sklearn.png)")
+    return text, section
+
+
+def plot(result: dict, path: Path) -> None:
+    wrk.plot(result, path, "sklearn iris LogisticRegression, V2 [1,4] → predict", result["summary"])
 
 
 def main(argv=None) -> int:
@@ -112,62 +125,37 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=2.0, help="seconds of discarded wrk warm-up per run (default 2)")
     ap.add_argument("--concurrency", default="1,16", help="comma-separated wrk connection counts (default 1,16)")
     ap.add_argument("--modes", default="inprocess,workers", help="inprocess,workers (default both)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 3 s, 1 repeat, 1 s warm-up; writes no files unless --write")
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    shared_options(ap, "smoke run: 3 s, 1 repeat, 1 s warm-up; writes no files unless --write",
+                   max_other_cpu=0.25, retries=3, quiet_wait=180.0, replot=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.repeats, args.warmup = 3.0, 1, 1.0
-    write = args.write or not args.quick
-    driver.require_wrk()
+    wrk.require_wrk()
 
     concs = [int(c) for c in args.concurrency.split(",")]
     modes = [MODES[m] for m in args.modes.split(",")]
     with tempfile.TemporaryDirectory(prefix="modelserve-sklearn-bench-") as tmp:
         model_file = build_model(Path(tmp) / "iris.joblib")
-        result = driver.run(variants(model_file), modes, concs, args.duration, args.repeats, args.warmup,
-                            workdir=Path(tmp) / "servers", inprocess=[raw_predict(model_file)])
+        result = wrk.run(variants(model_file), modes, concs, args.duration, args.repeats, args.warmup,
+                         workdir=Path(tmp) / "servers", inprocess=[raw_predict(model_file)],
+                         max_other_cpu=args.max_other_cpu, retries=args.retries, quiet_wait=args.quiet_wait)
 
-    summary = driver.summarise(result)
+    summary = wrk.summarise(result)
     result["benchmark"] = "sklearn"
     result["request"] = REQUEST
     result["ratios"] = ratios(summary)
     result["ratios_basis"] = (f"modelserve req/s over theirs, median of repeats, mode {RATIO_MODE}, "
                               f"c={RATIO_CONC}")
     result["ratios_all"] = all_ratios(summary)
-    result["targets"] = {k: {"min": v, "met": (result["ratios"][k] or 0) >= v} for k, v in TARGETS.items()}
+    result["targets"] = wrk.targets(result["ratios"], TARGETS)
     raw = result["inprocess"]
     if raw:
         us = statistics.median(t["us_per_call"] for t in raw)
         result["raw_predict"] = {"us_per_call": round(us, 2), "calls_per_s": round(1e6 / us)}
     result["summary"] = summary
-    result["wrk_bottleneck"] = {
-        "max_wrk_cpu_cores": round(max(r["wrk_cpu"] for r in result["runs"]), 3),
-        "max_other_cpu_cores": round(max(r["other_cpu"] for r in result["runs"]), 3),
-        "note": "wrk -t1 can use at most 1.0 core; well below that it is not the bottleneck",
-    }
-
-    table = driver.markdown_table(result, summary)
-    r = result["ratios"]
-    verdict = ", ".join(f"{k} = {r[k]} (target ≥ {v}: {'met' if result['targets'][k]['met'] else 'MISSED'})"
-                        for k, v in TARGETS.items())
-    wb = result["wrk_bottleneck"]
-    text = (f"{table}\n\nRatios ({result['ratios_basis']}): {verdict}.\n\n"
-            f"wrk used at most {wb['max_wrk_cpu_cores']:.2f} of a core; other processes at most "
-            f"{wb['max_other_cpu_cores']:.2f} cores during a run.")
-    print(text)
-    if write:
-        driver.write_json(result, args.out / "sklearn.json")
-        driver.plot(result, args.out / "sklearn.png", "sklearn iris LogisticRegression, V2 [1,4] → predict", summary)
-        m = result["machine"]
-        section = (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t1, "
-                   f"{result['config']['duration_s']:g} s per run after a {result['config']['warmup_s']:g} s "
-                   f"warm-up, {result['config']['repeats']} interleaved repeats; cells are the median req/s "
-                   f"with median p50 / p99 latency.\n\n{text}\n\n![sklearn](results/sklearn.png)")
-        driver.replace_section(HERE / "README.md", "results:sklearn", section)
-        print(f"\nwrote {args.out / 'sklearn.json'}, {args.out / 'sklearn.png'}, {HERE / 'README.md'}")
-    return 0
+    result["wrk_bottleneck"] = {**wrk.bottleneck(result),
+                                "note": "wrk -t1 can use at most 1.0 core; well below that it is not the bottleneck"}
+    return finish(result, "sklearn", plot, report, out_dir(args))
 
 
 if __name__ == "__main__":

@@ -26,14 +26,14 @@ as that verified number, the OpenAI paths' from each response's ``usage``.
   (keep-alive, a new client session per run, prompts round-robin); after a warm-up, the requests that finish
   inside a fixed window are counted: tokens/s = their completion tokens / window. A discarded round on every
   path comes first; then each repeat runs every (concurrency, path), the path order rotated by the repeat
-  index (interleaved, as driver.py).
+  index (interleaved, as the wrk benchmarks: lib/wrk.py).
 - Time to first token (TTFT): sequential streaming requests (``stream: true``; V2 generate_stream), the three
   paths alternating request by request; TTFT = from sending to the first SSE event that carries text. Every
   stream's text is checked against the expected text.
 - CPU (cores) over each window: this process (the load generator), the mlserver process, vLLM's API server
   process, vLLM's engine (EngineCore + worker) and everything else, plus the share of the window the mlserver
   and load-generator main threads spent waiting for a CPU (/proc schedstat). The machine's 2 cores are shared
-  by all of them. As driver.py: each run waits for the machine to be quiet first and is repeated when other
+  by all of them. As in lib/wrk.py: each run waits for the machine to be quiet first and is repeated when other
   processes took more than --max-other-cpu cores during it.
 - Scheduling: while it generates, vLLM's CPU engine keeps both cores busy (the worker runs the model, the
   EngineCore spin-waits with sched_yield for it). With autogroup scheduling (one group per session; the runtime
@@ -52,8 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
 import signal
 import statistics
 import sys
@@ -65,10 +63,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import engines  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
+from lib.loadgen import HEADERS, closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
 
-RESULTS = HERE / "results"
 MODEL = "llm"
 PATHS = ("direct", "openai", "v2")
 PROMPTS = ["The quick brown fox", "Once upon a time", "Hello! How are you today?", "Computers follow instructions",
@@ -78,13 +79,6 @@ ENGINE_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dt
 
 
 # -- the server and its processes ------------------------------------------------------------------
-def vllm_command() -> str:
-    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(driver.REPO / ".venv-vllm" / "bin" / "python")
-    if not os.access(cmd.split()[0], os.X_OK):
-        sys.exit(f"no vLLM environment at {cmd}: run `bash scripts/dev.sh setup` or set $MODELSERVE_VLLM_COMMAND")
-    return cmd
-
-
 def start(tmp: Path, command: str):
     from tests.llama_models import build_tiny_llama
 
@@ -95,121 +89,13 @@ def start(tmp: Path, command: str):
                                                        "cache_dir": str(tmp / "cache")}}})
     srv = Server(root, parallel_workers=0, debug=False, extra={"gzip_enabled": False},
                  env={"MODELSERVE_VLLM_COMMAND": command, "HF_HUB_OFFLINE": "1"})
-    t0 = time.monotonic()
-    srv.start(timeout=400)
-    ports = re.findall(r"engine ready on port (\d+)", srv.log())
-    if not ports:
-        srv.stop()
-        raise RuntimeError(f"no 'engine ready on port N' in the mlserver log:\n{srv.log()[-3000:]}")
-    return srv, int(ports[-1]), time.monotonic() - t0
+    return (srv, *engines.start(srv))
 
 
-def roles(mlserver_pid: int) -> dict:
-    """pids per role: the mlserver process; vLLM's API server (and the guard, resource tracker); its engine."""
-    children: dict = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(pid))
-    out = {"mlserver": [mlserver_pid], "vllm_api": [], "vllm_engine": []}
-    todo = list(children.get(mlserver_pid, []))
-    while todo:
-        pid = todo.pop()
-        todo += children.get(pid, [])
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        out["vllm_engine" if comm.startswith("VLLM") else "vllm_api"].append(pid)
-    return out
-
-
-def _cpu_s(pids) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(f[11]) + int(f[12])
-    return total / driver.CLK_TCK
-
-
-def _wait_s(pid: int) -> float:
-    """Seconds the main thread of ``pid`` has spent runnable but waiting for a CPU (schedstat)."""
-    try:
-        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-def autogroup(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
-    except OSError:
-        return "?"
-
-
-def deprioritise(pids: dict, nice: int) -> dict:
-    """Lowers the CPU priority of vLLM's processes (see the module docstring); returns what was done."""
-    engine = pids["vllm_api"] + pids["vllm_engine"]
-    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    on = enabled.exists() and enabled.read_text().strip() == "1"
-    info = {"engine_nice": nice, "autogroup_enabled": on, "mlserver_autogroup": autogroup(pids["mlserver"][0]),
-            "engine_autogroup": autogroup(engine[0]), "kernel": os.uname().release}
-    if nice == 0:
-        info["applied"] = "none (as shipped)"
-    elif on and info["engine_autogroup"] != info["mlserver_autogroup"]:
-        Path(f"/proc/{engine[0]}/autogroup").write_text(str(nice))  # the engine's session: its own autogroup
-        info["applied"] = f"autogroup nice {nice} on the engine's session ({info['engine_autogroup']})"
-    else:
-        for pid in engine:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        info["applied"] = f"nice {nice} on every thread of the engine's processes"
-    return info
-
-
-class CPU:
-    """Cores used between ``start()`` and ``stop()`` by each role and by everything else (plus steal), and
-    the share of that time the mlserver process's and this process's main threads waited for a CPU."""
-
-    def __init__(self, pids: dict):
-        self.pids = pids
-        self.mains = {"mlserver": pids["mlserver"][0], "loadgen": os.getpid()}
-
-    def _snap(self):
-        busy, steal = driver._cpu_jiffies()
-        return (time.monotonic(), time.process_time(), {r: _cpu_s(p) for r, p in self.pids.items()}, busy, steal,
-                {k: _wait_s(p) for k, p in self.mains.items()})
-
-    def start(self) -> None:
-        self.t0 = self._snap()
-
-    def stop(self) -> dict:
-        (w0, own0, r0, b0, s0, q0), (w1, own1, r1, b1, s1, q1) = self.t0, self._snap()
-        wall = w1 - w0
-        out = {"loadgen": (own1 - own0) / wall, **{r: (r1[r] - r0[r]) / wall for r in r0}}
-        out["other"] = max(0.0, (b1 - b0) / driver.CLK_TCK / wall - sum(out.values()))
-        out["steal"] = (s1 - s0) / driver.CLK_TCK / wall
-        out.update({f"{k}_runqueue_wait": (q1[k] - q0[k]) / wall for k in q0})
-        return {k: round(v, 3) for k, v in out.items()}
-
-
-def wait_quiet(cpu: CPU, max_other: float, timeout: float, log) -> float:
-    """Waits (up to ``timeout`` s) until processes other than ours use less than ``max_other`` cores."""
-    deadline, said = time.monotonic() + timeout, False
-    while True:
-        cpu.start()
-        time.sleep(1.0)
-        other = cpu.stop()["other"]
-        if other < max_other or time.monotonic() > deadline:
-            return other
-        if not said:
-            log(f"  machine busy ({other:.2f} cores used by other processes); waiting up to {timeout:.0f} s")
-            said = True
+def role(comm: str) -> str:
+    """vLLM's engine (EngineCore, its worker) by its process name; the API server, its guard and the resource
+    tracker otherwise."""
+    return "vllm_engine" if comm.startswith("VLLM") else "vllm_api"
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -240,24 +126,6 @@ class Paths:
         return doc["choices"][0]["text"], doc["usage"]["completion_tokens"], doc["choices"][0]["finish_reason"]
 
 
-HEADERS = {"Content-Type": "application/json"}
-
-
-def new_session():
-    """A session of its own per run: no pooled connection outlives the server's keep-alive (uvicorn: 5 s)."""
-    import aiohttp
-
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=120))
-
-
-async def post_json(session, url: str, data: bytes) -> dict:
-    async with session.post(url, data=data, headers=HEADERS) as r:
-        body = await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url} answered {r.status}: {body[:500]!r}")
-    return json.loads(body)
-
-
 async def verify(session, paths: Paths) -> dict:
     """Every prompt greedy to the length limit; the same text and token count on every path."""
     report = {}
@@ -280,39 +148,18 @@ async def verify(session, paths: Paths) -> dict:
 
 # -- throughput ------------------------------------------------------------------------------------
 async def load(paths: Paths, path: str, conc: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    async with new_session() as session:
-        return await _load(session, paths, path, conc, warmup, duration, cpu)
-
-
-async def _load(session, paths: Paths, path: str, conc: int, warmup: float, duration: float, cpu: CPU) -> dict:
-    done = []  # (start, end, tokens)
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
     reqs = [(p, *paths.request(path, p)) for p in PROMPTS]
 
-    async def worker(i: int) -> None:
-        k = i
-        while time.perf_counter() < t1:
-            prompt, url, data = reqs[k % len(reqs)]
-            k += 1
-            s = time.perf_counter()
-            text, n, _ = paths.answer(path, await post_json(session, url, data), prompt)
-            if n != paths.max_tokens or text != paths.expected[prompt][0]:
-                raise AssertionError(f"{path}: {n} tokens, text {text[:80]!r} for {prompt!r} under load")
-            done.append((s, time.perf_counter(), n))
+    async def call(session, k: int) -> int:
+        prompt, url, data = reqs[k % len(reqs)]
+        text, n, _ = paths.answer(path, await post_json(session, url, data), prompt)
+        if n != paths.max_tokens or text != paths.expected[prompt][0]:
+            raise AssertionError(f"{path}: {n} tokens, text {text[:80]!r} for {prompt!r} under load")
+        return n
 
-    async def window() -> dict:
-        await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-        cpu.start()
-        await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-        return cpu.stop()
-
-    *_, usage = await asyncio.gather(*[worker(i) for i in range(conc)], window())
-    inside = [(s, e, n) for s, e, n in done if t0 <= e < t1]
-    lat = sorted((e - s) * 1e3 for s, e, _ in inside)
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu)
     return {"tokens_per_s": sum(n for *_, n in inside) / duration, "requests_per_s": len(inside) / duration,
-            "requests": len(inside), "latency_p50_ms": statistics.median(lat),
-            "latency_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "cpu": usage}
+            "requests": len(inside), **latency(inside), "cpu": usage}
 
 
 # -- time to first token ---------------------------------------------------------------------------
@@ -345,8 +192,8 @@ async def stream_once(session, paths: Paths, path: str, prompt: str) -> dict:
 # -- the run ---------------------------------------------------------------------------------------
 async def measure(srv, port: int, args, log) -> dict:
     paths = Paths(srv.url, f"http://127.0.0.1:{port}", args.max_tokens)
-    cpu = CPU(roles(srv.proc.pid))
-    sched = deprioritise(cpu.pids, args.engine_nice)
+    cpu = CPU(roles(srv.proc.pid, role, ("vllm_api", "vllm_engine")))
+    sched = deprioritise(srv.proc.pid, cpu.pids["vllm_api"] + cpu.pids["vllm_engine"], args.engine_nice)
     log(f"scheduling: {sched['applied']}")
     runs, ttft, blocks = [], [], []
     async with new_session() as session:
@@ -358,15 +205,9 @@ async def measure(srv, port: int, args, log) -> dict:
         await load(paths, path, args.concurrency[0], 0.0, args.warmup, cpu)
     for rep in range(args.repeats):
         for conc in args.concurrency:
-            for path in PATHS[rep % 3:] + PATHS[:rep % 3]:
-                for attempt in range(args.retries + 1):
-                    await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
-                    res = await load(paths, path, conc, args.warmup, args.duration, cpu)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {path} c={conc}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(path=path, concurrency=conc, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for path in rotate(PATHS, rep):
+                res = await measured(lambda: load(paths, path, conc, args.warmup, args.duration, cpu),
+                                     f"{path} c={conc}", args, log, cpu, path=path, concurrency=conc, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} c={conc} {path:6}: {res['tokens_per_s']:6.0f} tok/s "
@@ -374,11 +215,11 @@ async def measure(srv, port: int, args, log) -> dict:
                     f"{c['loadgen']:.2f} mlserver {c['mlserver']:.2f} vllm api {c['vllm_api']:.2f} engine "
                     f"{c['vllm_engine']:.2f} other {c['other']:.2f}; waiting for a CPU: mlserver "
                     f"{c['mlserver_runqueue_wait']:.0%} loadgen {c['loadgen_runqueue_wait']:.0%}")
-        await asyncio.to_thread(wait_quiet, cpu, args.max_other_cpu, args.quiet_wait, log)
+        await asyncio.to_thread(wait_quiet, args.max_other_cpu, args.quiet_wait, log, cpu)
         async with new_session() as session:
             cpu.start()
             for i in range(args.ttft_samples):
-                for path in PATHS[(rep + i) % 3:] + PATHS[:(rep + i) % 3]:
+                for path in rotate(PATHS, rep + i):
                     prompt = PROMPTS[i % len(PROMPTS)]
                     ttft.append({"path": path, "repeat": rep, "prompt": prompt,
                                  **await stream_once(session, paths, path, prompt)})
@@ -395,15 +236,7 @@ def summarise(result: dict) -> dict:
     for conc in result["config"]["concurrencies"]:
         for path in PATHS:
             rs = [r for r in result["runs"] if r["path"] == path and r["concurrency"] == conc]
-            tps = [r["tokens_per_s"] for r in rs]
-            med = statistics.median(tps)
-            tp.append({"path": path, "concurrency": conc, "n": len(rs), "tokens_per_s_median": round(med, 1),
-                       "tokens_per_s_min": round(min(tps), 1), "tokens_per_s_max": round(max(tps), 1),
-                       "spread": round((max(tps) - min(tps)) / med, 3),
-                       "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 1),
-                       "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 1),
-                       "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                       "disturbed": sum(r["disturbed"] for r in rs)})
+            tp.append({"path": path, "concurrency": conc, **repeat_stats(rs, "tokens_per_s", 1, 1)})
     tt = {}
     for path in PATHS:
         xs = sorted(t["ttft_ms"] for t in result["ttft_samples"] if t["path"] == path)
@@ -417,9 +250,7 @@ def summarise(result: dict) -> dict:
     for conc in result["config"]["concurrencies"]:
         by = {(r["path"], r["repeat"]): r["tokens_per_s"] for r in result["runs"] if r["concurrency"] == conc}
         for path in PATHS[1:]:
-            each = [by[path, rep] / by["direct", rep] for rep in range(result["config"]["repeats"])]
-            paired[f"{path}_vs_direct_c{conc}"] = {"median": round(statistics.median(each), 3),
-                                                   "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{path}_vs_direct_c{conc}"] = paired_ratio(by, path, "direct", result["config"]["repeats"])
     return {"throughput": tp, "ttft": tt, "paired_ratios": paired}
 
 
@@ -434,7 +265,7 @@ def table(result: dict) -> str:
     head = ["path", "what"] + [f"tokens/s c={c}" for c in concs] + ["vs direct: " + " / ".join(f"c={c}" for c in concs),
                                                                      "TTFT median (p10–p90)",
                                                                      f"CPU at c={top}: mlserver / vLLM API / engine"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for path in PATHS:
         cells = [f"`{path}`", what[path]]
         for c in concs:
@@ -446,25 +277,16 @@ def table(result: dict) -> str:
         ratio = " / ".join("1" if path == "direct" else f"{pr[f'{path}_vs_direct_c{c}']['median']:.3f}" for c in concs)
         cells += [ratio, f"**{t['median_ms']:.1f}** ms ({t['p10_ms']:.1f}–{t['p90_ms']:.1f})",
                   f"{s['cpu']['mlserver']:.2f} / {s['cpu']['vllm_api']:.2f} / {s['cpu']['vllm_engine']:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, concs = result["summary"], result["config"]["concurrencies"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [max(2, len(concs)), 1.3]})
-    w = 0.8 / len(PATHS)
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(11, 4.6),
+                                      gridspec_kw={"width_ratios": [max(2, len(concs)), 1.3]})
     for i, p in enumerate(PATHS):
-        ss = [lookup(summary, p, c) for c in concs]
-        ys = [s["tokens_per_s_median"] for s in ss]
-        err = [[y - s["tokens_per_s_min"] for y, s in zip(ys, ss)], [s["tokens_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = a1.bar([g - 0.4 + w * (i + 0.5) for g in range(len(concs))], ys, w, yerr=err, capsize=3, label=p)
-        a1.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
+        bars(a1, i, len(PATHS), [lookup(summary, p, c) for c in concs], "tokens_per_s", p)
     a1.set_xticks(range(len(concs)))
     a1.set_xticklabels([f"c={c}" for c in concs])
     a1.set_ylabel("output tokens / s (median of repeats; whiskers min–max)")
@@ -472,9 +294,9 @@ def plot(result: dict, path: Path) -> None:
     a1.margins(y=0.12)
     tt = [summary["ttft"][p] for p in PATHS]
     ys = [t["median_ms"] for t in tt]
-    bars = a2.bar(PATHS, ys, 0.6, color=["C0", "C1", "C2"], capsize=3,
-                  yerr=[[y - t["p10_ms"] for y, t in zip(ys, tt)], [t["p90_ms"] - y for y, t in zip(ys, tt)]])
-    a2.bar_label(bars, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=2)
+    drawn = a2.bar(PATHS, ys, 0.6, color=["C0", "C1", "C2"], capsize=3,
+                   yerr=[[y - t["p10_ms"] for y, t in zip(ys, tt)], [t["p90_ms"] - y for y, t in zip(ys, tt)]])
+    a2.bar_label(drawn, labels=[f"{y:.1f}" for y in ys], fontsize=7, padding=2)
     a2.set_ylabel("time to first token, ms (median; whiskers p10–p90)")
     a2.margins(y=0.12)
     m, cfg = result["machine"], result["config"]
@@ -482,9 +304,7 @@ def plot(result: dict, path: Path) -> None:
                  f"direct vs ours\n{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, "
                  f"{cfg['repeats']} interleaved repeats, {cfg['ttft_samples'] * cfg['repeats']} sequential streams "
                  f"per path, engine nice {result['scheduling']['engine_nice']}, {result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv=None) -> int:
@@ -496,30 +316,18 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", default="8,1", help="comma-separated; the first is the ratios' (default 8,1)")
     ap.add_argument("--max-tokens", type=int, default=64, help="new tokens per request (default 64)")
     ap.add_argument("--ttft-samples", type=int, default=20, help="sequential streams per path per repeat (default 20)")
-    ap.add_argument("--max-other-cpu", type=float, default=0.25,
-                    help="a run during which other processes used more cores than this is repeated (default 0.25)")
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed run (default 2)")
-    ap.add_argument("--quiet-wait", type=float, default=60.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 60)")
     ap.add_argument("--engine-nice", type=int, default=10,
                     help="nice value given to vLLM's processes (their autogroup); 0: as shipped (default 10)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: c=8, 3 s, 1 repeat, 5 streams; writes nothing")
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the PNG and the README table from a results file")
+    shared_options(ap, "smoke run: c=8, 3 s, 1 repeat, 5 streams; writes nothing",
+                   max_other_cpu=0.25, retries=2, quiet_wait=60.0)
     args = ap.parse_args(argv)
     if args.replot:
-        result = json.loads(args.replot.read_text())
-        plot(result, args.replot.with_suffix(".png"))
-        driver.replace_section(HERE / "README.md", "results:vllm", report(result)[1])
-        return 0
+        return replot(args.replot, "vllm", plot, report)
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.quick:
         args.duration, args.warmup, args.repeats, args.ttft_samples = 3.0, 1.0, 1, 5
         args.concurrency = args.concurrency[:1]
-    write = args.write or not args.quick
-    log = driver._log
-    command = vllm_command()
+    command = engines.command("MODELSERVE_VLLM_COMMAND", ".venv-vllm/bin/python", "vLLM")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="modelserve-vllm-bench-") as tmp:
@@ -531,7 +339,7 @@ def main(argv=None) -> int:
             srv.stop()
     import aiohttp
 
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="vllm", date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   machine=m, wall_s=round(time.monotonic() - t_all, 1), engine_startup_s=round(startup, 1),
                   versions={"vllm": result.pop("engine_version"), "mlserver": m["packages"]["mlserver"],
@@ -555,14 +363,7 @@ def main(argv=None) -> int:
     tt = summary["ttft"]
     result["ttft_overhead_ms"] = round(tt["openai"]["median_ms"] - tt["direct"]["median_ms"], 2)
     result["ttft_overhead_v2_ms"] = round(tt["v2"]["median_ms"] - tt["direct"]["median_ms"], 2)
-    text, section = report(result)
-    print(text)
-    if write:
-        driver.write_json(result, args.out / "vllm.json")
-        plot(result, args.out / "vllm.png")
-        driver.replace_section(HERE / "README.md", "results:vllm", section)
-        log(f"wrote {args.out / 'vllm.json'}, {args.out / 'vllm.png'}, {HERE / 'README.md'}")
-    return 0
+    return finish(result, "vllm", plot, report, out_dir(args), log)
 
 
 def report(result: dict) -> tuple:

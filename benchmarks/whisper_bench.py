@@ -49,10 +49,8 @@ import io
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,11 +58,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import driver  # noqa: E402  (puts the repository on sys.path)
+from lib import REPO  # noqa: E402  (importing lib puts the repository on sys.path)
+from lib.cpu import CPU, roles  # noqa: E402
+from lib.loadgen import closed_loop, closed_loop_threads, latency, measured, new_session, post_json, rotate  # noqa: E402
+from lib.report import (  # noqa: E402
+    bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
 from tests.harness import Server, write_model  # noqa: E402
-from vllm_bench import CPU, wait_quiet  # noqa: E402  (per-role CPU over a window; waiting for a quiet machine)
 
-RESULTS = HERE / "results"
 MODEL, NOOP = "whisper", "noop"
 SIDES = ("raw", "v2", "raw_beam5", "openai", "noop")
 GREEDY = {"temperature": 0.0, "beam_size": 1, "language": "en"}
@@ -79,7 +79,7 @@ def build(tmp: Path, seconds: float):
 
     from tests.whisper_models import encode_audio, speech_like
 
-    out = subprocess.run([sys.executable, str(driver.REPO / "tests" / "whisper_models.py"), str(tmp / "ct2")],
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "whisper_models.py"), str(tmp / "ct2")],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"building the tiny Whisper failed:\n{out.stderr[-3000:]}")
@@ -101,18 +101,6 @@ def start(tmp: Path, folder: Path, workers):
     t0 = time.monotonic()
     srv.start(timeout=300)
     return srv, time.monotonic() - t0
-
-
-def roles(mlserver_pid: int) -> dict:
-    """The mlserver process (faster-whisper's threads included) and any children it has."""
-    kids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == mlserver_pid:
-                kids.append(int(pid))
-        except (OSError, ValueError, IndexError):
-            continue
-    return {"mlserver": [mlserver_pid], "children": kids}
 
 
 class Raw:
@@ -156,113 +144,58 @@ class Requests:
         return ""
 
 
-def new_session():
-    import aiohttp
-
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=300))
-
-
-async def post(session, req) -> dict:
-    url, data, headers = req
-    async with session.post(url, data=data, headers=headers) as r:
-        body = await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"{url} answered {r.status}: {body[:500]!r}")
-    return json.loads(body)
-
-
 # -- one run ---------------------------------------------------------------------------------------
-def stats(done, t0: float, t1: float, duration: float, clip_s: float, usage: dict) -> dict:
-    inside = sorted((e - s) * 1e3 for s, e in done if t0 <= e < t1)
-    if not inside:
-        raise RuntimeError("no request finished inside the window: make --duration longer")
+def stats(inside, duration: float, clip_s: float, usage: dict) -> dict:
     n = len(inside)
     return {"transcriptions_per_s": n / duration, "audio_s_per_s": n * clip_s / duration, "requests": n,
-            "latency_p50_ms": statistics.median(inside), "latency_p99_ms": inside[min(n - 1, int(0.99 * n))],
-            "cpu": usage}
+            **latency(inside), "cpu": usage}
 
 
 def run_raw(raw: Raw, wav: bytes, opts: dict, expected: str, conc: int, warmup: float, duration: float,
             clip_s: float, cpu: CPU) -> dict:
-    done, errors = [], []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
+    def call(k: int) -> None:
+        text = raw.transcribe(wav, opts)
+        if text != expected:
+            raise AssertionError(f"raw: {text[:80]!r} under load, expected {expected[:80]!r}")
 
-    def worker() -> None:
-        try:
-            while time.perf_counter() < t1:
-                s = time.perf_counter()
-                text = raw.transcribe(wav, opts)
-                if text != expected:
-                    raise AssertionError(f"raw: {text[:80]!r} under load, expected {expected[:80]!r}")
-                done.append((s, time.perf_counter()))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(conc)]
-    for t in threads:
-        t.start()
-    time.sleep(max(0.0, t0 - time.perf_counter()))
-    cpu.start()
-    time.sleep(max(0.0, t1 - time.perf_counter()))
-    usage = cpu.stop()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return stats(done, t0, t1, duration, clip_s, usage)
+    inside, usage = closed_loop_threads(call, conc, warmup, duration, cpu)
+    return stats(inside, duration, clip_s, usage)
 
 
 async def run_http(reqs: Requests, side: str, expected: str, conc: int, warmup: float, duration: float,
                    clip_s: float, cpu: CPU) -> dict:
     req = getattr(reqs, side)
-    done = []
-    t0 = time.perf_counter() + warmup
-    t1 = t0 + duration
-    async with new_session() as session:
-        async def worker() -> None:
-            while time.perf_counter() < t1:
-                s = time.perf_counter()
-                doc = await post(session, req)
-                if side != "noop" and reqs.text(side, doc) != expected:
-                    raise AssertionError(f"{side}: {reqs.text(side, doc)[:80]!r} under load, expected {expected[:80]!r}")
-                done.append((s, time.perf_counter()))
 
-        async def window() -> dict:
-            await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
-            cpu.start()
-            await asyncio.sleep(max(0.0, t1 - time.perf_counter()))
-            return cpu.stop()
+    async def call(session, k: int) -> None:
+        doc = await post_json(session, *req)
+        if side != "noop" and reqs.text(side, doc) != expected:
+            raise AssertionError(f"{side}: {reqs.text(side, doc)[:80]!r} under load, expected {expected[:80]!r}")
 
-        *_, usage = await asyncio.gather(*[worker() for _ in range(conc)], window())
-    return stats(done, t0, t1, duration, clip_s, usage)
+    inside, usage = await closed_loop(call, conc, warmup, duration, cpu, timeout=300)
+    return stats(inside, duration, clip_s, usage)
 
 
-def run_one(ctx: dict, side: str, conc: int, warmup: float, duration: float) -> dict:
+async def run_one(ctx: dict, side: str, conc: int, warmup: float, duration: float) -> dict:
     if side == "noop":  # milliseconds per request: a short window is plenty
         duration, warmup = min(duration, 3.0), min(warmup, 1.0)
     w = ctx["workers"](conc)
-    if side.startswith("raw"):
+    if side.startswith("raw"):  # threads in this process; the event loop has nothing else to do meanwhile
         opts = GREEDY if side == "raw" else BEAM5
         return run_raw(ctx["raw"][w], ctx["wav"], opts, ctx["expected"][side], conc, warmup, duration, ctx["clip_s"],
                        ctx["cpu"])
-    return asyncio.run(run_http(ctx["reqs"][w], side, ctx["expected"].get(side, ""), conc, warmup, duration,
-                                ctx["clip_s"], ctx["cpu"]))
+    return await run_http(ctx["reqs"][w], side, ctx["expected"].get(side, ""), conc, warmup, duration,
+                          ctx["clip_s"], ctx["cpu"])
 
 
-def verify(ctx: dict) -> dict:
+async def verify(ctx: dict) -> dict:
     """One clip, every side and every model: the same text (v2 = raw greedy; openai = raw with OpenAI's options)."""
     wav = ctx["wav"]
     expected = None
     for w in ctx["raw"]:
         raw, reqs = ctx["raw"][w], ctx["reqs"][w]
         want = {"raw": raw.transcribe(wav, GREEDY), "raw_beam5": raw.transcribe(wav, BEAM5)}
-
-        async def ours():
-            async with new_session() as s:
-                return {side: reqs.text(side, await post(s, getattr(reqs, side))) for side in ("v2", "openai")}
-
-        got = asyncio.run(ours())
+        async with new_session(300) as s:
+            got = {side: reqs.text(side, await post_json(s, *getattr(reqs, side))) for side in ("v2", "openai")}
         for side, base in PAIRS.items():
             if got[side] != want[base]:
                 raise AssertionError(f"{side} (num_workers {w}) answered {got[side]!r}, faster-whisper directly "
@@ -276,25 +209,18 @@ def verify(ctx: dict) -> dict:
     return expected
 
 
-def measure(ctx: dict, args, log) -> dict:
+async def measure(ctx: dict, args, log) -> dict:
     cpu = ctx["cpu"]
-    checked = verify(ctx)
+    checked = await verify(ctx)
     log(f"verified: v2 == raw ({checked['v2'][:40]!r}...), openai == raw_beam5 ({checked['openai'][:40]!r}...)")
     for side in SIDES:  # the first calls at a new concurrency are slow: a discarded round first
-        run_one(ctx, side, args.concurrency[0], 0.0, max(3.0, args.warmup))
+        await run_one(ctx, side, args.concurrency[0], 0.0, max(3.0, args.warmup))
     runs = []
     for rep in range(args.repeats):
         for conc in args.concurrency:
-            order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
-            for side in order:
-                for attempt in range(args.retries + 1):
-                    wait_quiet(cpu, args.max_other_cpu, args.quiet_wait, log)
-                    res = run_one(ctx, side, conc, args.warmup, args.duration)
-                    if res["cpu"]["other"] < args.max_other_cpu:
-                        break
-                    log(f"  {side} c={conc}: disturbed (other processes {res['cpu']['other']:.2f} cores)")
-                res.update(side=side, concurrency=conc, repeat=rep, attempts=attempt + 1,
-                           disturbed=res["cpu"]["other"] >= args.max_other_cpu)
+            for side in rotate(SIDES, rep):
+                res = await measured(lambda: run_one(ctx, side, conc, args.warmup, args.duration),
+                                     f"{side} c={conc}", args, log, cpu, side=side, concurrency=conc, repeat=rep)
                 runs.append(res)
                 c = res["cpu"]
                 log(f"repeat {rep + 1}/{args.repeats} c={conc} {side:9}: {res['transcriptions_per_s']:7.2f}/s "
@@ -310,21 +236,12 @@ def summarise(result: dict) -> dict:
     for conc in cfg["concurrencies"]:
         for side in SIDES:
             rs = [r for r in result["runs"] if r["side"] == side and r["concurrency"] == conc]
-            xs = [r["transcriptions_per_s"] for r in rs]
-            med = statistics.median(xs)
-            out.append({"side": side, "concurrency": conc, "n": len(rs), "transcriptions_per_s_median": round(med, 3),
-                        "transcriptions_per_s_min": round(min(xs), 3), "transcriptions_per_s_max": round(max(xs), 3),
-                        "audio_s_per_s_median": round(med * cfg["clip_seconds"], 2),
-                        "spread": round((max(xs) - min(xs)) / med, 3),
-                        "p50_ms": round(statistics.median(r["latency_p50_ms"] for r in rs), 1),
-                        "p99_ms": round(statistics.median(r["latency_p99_ms"] for r in rs), 1),
-                        "cpu": {k: round(statistics.median(r["cpu"][k] for r in rs), 3) for k in rs[0]["cpu"]},
-                        "disturbed": sum(r["disturbed"] for r in rs)})
+            out.append({"side": side, "concurrency": conc,
+                        **repeat_stats(rs, "transcriptions_per_s", 3, 1,
+                                       lambda med: {"audio_s_per_s_median": round(med * cfg["clip_seconds"], 2)})})
         by = {(r["side"], r["repeat"]): r["transcriptions_per_s"] for r in result["runs"] if r["concurrency"] == conc}
         for ours, base in PAIRS.items():
-            each = [by[ours, rep] / by[base, rep] for rep in range(cfg["repeats"])]
-            paired[f"{ours}_vs_{base}_c{conc}"] = {"median": round(statistics.median(each), 3),
-                                                   "each_repeat": [round(x, 3) for x in each]}
+            paired[f"{ours}_vs_{base}_c{conc}"] = paired_ratio(by, ours, base, cfg["repeats"])
     return {"throughput": out, "paired_ratios": paired}
 
 
@@ -344,7 +261,7 @@ def table(result: dict) -> str:
     top = concs[0]
     head = ["side", "what"] + [f"c={c}" for c in concs] + ["vs raw: " + " / ".join(f"c={c}" for c in concs),
                                                           f"CPU at c={top}: bench process / mlserver"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     pr = summary["paired_ratios"]
     for side in SIDES:
         cells = [f"`{side}`", WHAT[side]]
@@ -362,28 +279,17 @@ def table(result: dict) -> str:
             cells.append("1" if side.startswith("raw") else "")
         s = lookup(summary, side, top)
         cells.append(f"{s['cpu']['loadgen']:.2f} / {s['cpu']['mlserver']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells)
+    return md_table(head, rows)
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summary, concs, cfg = result["summary"], result["config"]["concurrencies"], result["config"]
     sides = [s for s in SIDES if s != "noop"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [2.2, 1]})
     order = sorted(concs)
-    w = 0.8 / len(sides)
     for i, side in enumerate(sides):
-        ss = [lookup(summary, side, c) for c in order]
-        ys = [s["transcriptions_per_s_median"] for s in ss]
-        err = [[y - s["transcriptions_per_s_min"] for y, s in zip(ys, ss)],
-               [s["transcriptions_per_s_max"] - y for y, s in zip(ys, ss)]]
-        bars = a1.bar([g - 0.4 + w * (i + 0.5) for g in range(len(order))], ys, w, yerr=err, capsize=3, label=side)
-        a1.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=2)
+        bars(a1, i, len(sides), [lookup(summary, side, c) for c in order], "transcriptions_per_s", side, "{:.2f}")
     a1.set_xticks(range(len(order)))
     a1.set_xticklabels([f"c={c}" for c in order])
     a1.set_ylabel(f"transcriptions / s of a {cfg['clip_seconds']:g} s clip\n(median of repeats; whiskers min–max)")
@@ -402,9 +308,7 @@ def plot(result: dict, path: Path) -> None:
                  f"vs_raw {r['vs_raw']:.3f}, openai_vs_raw_beam5 {r['openai_vs_raw_beam5']:.3f} at c={concs[0]}; "
                  f"{m['cores']} cores {m['cpu']}, {cfg['duration_s']:g} s windows, {cfg['repeats']} interleaved "
                  f"repeats, {result['date'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def report(result: dict) -> tuple:
@@ -449,8 +353,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.duration, args.warmup, args.repeats, args.quiet_wait = 4.0, 1.0, 1, 5.0
         args.concurrency = args.concurrency[:1]
-    write = args.write or not args.quick
-    log = driver._log
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the finally below stops the server
     t_all, load_before = time.monotonic(), os.getloadavg()
 
@@ -466,17 +368,19 @@ def main(argv=None) -> int:
             raws = {w: Raw(folder, w) for w in sorted(set(workers))}
             gc.collect()
             gc.freeze()  # as our runtime does after a model is loaded: full collections skip what is loaded
+            # the roles: the mlserver process (faster-whisper's threads included) and any children it has
+            pids = roles(srv.proc.pid, lambda comm: "children", ("children",), descendants=False)
             ctx = {"raw": raws, "wav": wav, "clip_s": args.clip_seconds,
-                   "reqs": {w: Requests(srv.url, wav, w) for w in sorted(set(workers))}, "cpu": CPU(roles(srv.proc.pid)),
+                   "reqs": {w: Requests(srv.url, wav, w) for w in sorted(set(workers))}, "cpu": CPU(pids),
                    "workers": wfor}
-            result = measure(ctx, args, log)
+            result = asyncio.run(measure(ctx, args, log))
         finally:
             srv.stop()
     import aiohttp
     import ctranslate2
     import faster_whisper
 
-    m = driver.machine_info()
+    m = machine_info()
     result.update(benchmark="whisper", date=datetime.now(timezone.utc).isoformat(timespec="seconds"), machine=m,
                   wall_s=round(time.monotonic() - t_all, 1), server_startup_s=round(startup, 1),
                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
@@ -502,42 +406,7 @@ def main(argv=None) -> int:
                         / lookup(summary, "raw", top)["transcriptions_per_s_median"], 3),
         "openai_vs_raw_beam5": round(lookup(summary, "openai", top)["transcriptions_per_s_median"]
                                      / lookup(summary, "raw_beam5", top)["transcriptions_per_s_median"], 3)}
-    return finish(result, "whisper", plot, report, args.out if write else None, log)
-
-
-# -- shared with infinity_bench.py -----------------------------------------------------------------
-def shared_options(ap, quick_help: str) -> None:
-    ap.add_argument("--max-other-cpu", type=float, default=0.3,
-                    help="a run during which other processes used more cores than this is repeated (default 0.3)")
-    ap.add_argument("--retries", type=int, default=1, help="repeats of a disturbed run (default 1)")
-    ap.add_argument("--quiet-wait", type=float, default=30.0,
-                    help="seconds to wait for the machine to go quiet before each run (default 30)")
-    ap.add_argument("--quick", action="store_true", help=quick_help)
-    ap.add_argument("--write", action="store_true", help="with --quick: write the results files anyway")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    ap.add_argument("--replot", type=Path, metavar="JSON", help="redraw the PNG and the README table from a results file")
-
-
-def replot(path: Path, name: str, plot, report) -> int:
-    result = json.loads(path.read_text())
-    plot(result, path.with_suffix(".png"))
-    driver.replace_section(HERE / "README.md", f"results:{name}", report(result)[1])
-    return 0
-
-
-def finish(result: dict, name: str, plot, report, out, log) -> int:
-    """Prints the table; with ``out``: the JSON and the PNG there, and benchmarks/README.md's table when ``out``
-    is benchmarks/results (the README shows the committed results only)."""
-    text, section = report(result)
-    print(text)
-    if out is not None:
-        driver.write_json(result, out / f"{name}.json")
-        plot(result, out / f"{name}.png")
-        readme = out.resolve() == RESULTS
-        if readme:
-            driver.replace_section(HERE / "README.md", f"results:{name}", section)
-        log(f"wrote {out / f'{name}.json'}, {out / f'{name}.png'}" + (", benchmarks/README.md" if readme else ""))
-    return 0
+    return finish(result, "whisper", plot, report, out_dir(args), log)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """A generic HTTP load driver for MLServer runtimes: real `mlserver start` processes, `wrk` as the load.
 
-Every benchmark under benchmarks/ reuses it::
+The wrk benchmarks (sklearn_bench.py, huggingface_bench.py, generation_bench.py) use it::
 
-    from driver import Variant, Target, InProcess, MODES, run, summarise, markdown_table, plot
+    from lib.wrk import Variant, Target, InProcess, MODES, run, summarise, markdown_table, plot
 
     variants = [Variant("ours", prepare=lambda root: ..., description="...")]
     result = run(variants, modes=[MODES["inprocess"], MODES["workers"]], concurrencies=[1, 16],
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -40,15 +39,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import tests.harness as harness  # noqa: E402
-from tests.harness import Server  # noqa: E402  (a real `mlserver start` on free ports)
+from lib.cpu import CLK_TCK, cpu_jiffies, group_cpu_s, wait_quiet
+from lib.loadgen import rotate
+from lib.report import log as _log
+from lib.report import bars, machine_info, md_table, pyplot, save
+import tests.harness as harness
+from tests.harness import Server  # a real `mlserver start` on free ports
 
 WRK_INSTALL = "apt-get install -y wrk"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -119,11 +117,6 @@ def require_wrk() -> str:
     return path
 
 
-def wrk_version() -> str:
-    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
-    return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
-
-
 def lua_script(target: Target) -> str:
     body = target.payload().decode()
     eq = "=" * 4
@@ -173,58 +166,14 @@ def parse_wrk(out: str) -> Dict[str, Any]:
     return res
 
 
-def _cpu_jiffies() -> tuple:
-    """(busy, steal) jiffies of the whole machine: busy = user nice system irq softirq."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]] + [0] * 8
-    return vals[0] + vals[1] + vals[2] + vals[5] + vals[6], vals[7]
-
-
-def _group_cpu_s(pgid: int) -> float:
-    """User+system CPU seconds of the live processes in a process group (a server and its workers)."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # after the comm: state ppid pgrp ... utime(11) stime(12)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-def machine_busy(seconds: float = 1.0) -> float:
-    """Cores busy on the whole machine over ``seconds`` (user, system, irq; not steal)."""
-    b0, _ = _cpu_jiffies()
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    b1, _ = _cpu_jiffies()
-    return (b1 - b0) / CLK_TCK / (time.monotonic() - t0)
-
-
-def wait_quiet(max_busy: float, timeout: float, log: Callable[[str], None]) -> float:
-    """Wait (up to ``timeout`` s) until the machine, with our servers idle, uses < ``max_busy`` cores."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy()
-    if busy >= max_busy:
-        log(f"  machine busy ({busy:.2f} cores used by other processes); waiting up to {timeout:.0f}s")
-        while busy >= max_busy and time.monotonic() < deadline:
-            time.sleep(2)
-            busy = machine_busy()
-    return busy
-
-
 def wrk(url: str, script: Path, duration: float, connections: int, threads: int = 1,
         timeout_s: str = "5s", server_pgid: Optional[int] = None) -> Dict[str, Any]:
     """One wrk run; returns the parsed figures plus CPU use (in cores) of wrk, the server and the rest."""
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
            f"--timeout={timeout_s}", "-s", str(script), url]
     with tempfile.TemporaryFile("w+") as out:
-        busy0, steal0 = _cpu_jiffies()
-        srv0 = _group_cpu_s(server_pgid) if server_pgid else 0.0
+        busy0, steal0 = cpu_jiffies()
+        srv0 = group_cpu_s(server_pgid) if server_pgid else 0.0
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
@@ -235,8 +184,8 @@ def wrk(url: str, script: Path, duration: float, connections: int, threads: int 
             raise
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - t0
-        srv1 = _group_cpu_s(server_pgid) if server_pgid else 0.0
-        busy1, steal1 = _cpu_jiffies()
+        srv1 = group_cpu_s(server_pgid) if server_pgid else 0.0
+        busy1, steal1 = cpu_jiffies()
         out.seek(0)
         text = out.read()
     if proc.returncode != 0:
@@ -303,10 +252,6 @@ def time_inprocess(fn: Callable[[], Any], seconds: float = 2.0, repeat: int = 5)
             "calls_per_s": 1.0 / best, "number": number}
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run(
     variants: Sequence[Variant],
     modes: Sequence[Mode],
@@ -368,8 +313,7 @@ def run(
         order = 0
         for rep in range(repeats):
             for conc in concurrencies:
-                k = rep % len(pairs)
-                for mode, v in pairs[k:] + pairs[:k]:
+                for mode, v in rotate(pairs, rep):
                     key = (v.name, mode.name)
                     server, target = servers[key], targets[key]
                     url = server.url + target.route
@@ -377,7 +321,7 @@ def run(
                     if server.proc.poll() is not None:
                         raise RuntimeError(f"{what}: the server died:\n{server.log()[-4000:]}")
                     for attempt in range(retries + 1):
-                        idle_busy = wait_quiet(max_other_cpu, quiet_wait, log)
+                        idle_busy = wait_quiet(max_other_cpu, quiet_wait, log, pause=2.0)
                         if warmup > 0:
                             check_errors(wrk(url, scripts[key], warmup, conc, threads), what + " (warm-up)")
                         res = wrk(url, scripts[key], duration, conc, threads, server_pgid=server.proc.pid)
@@ -398,12 +342,12 @@ def run(
             for ip in inprocess:
                 fn = ip.setup()
                 for attempt in range(retries + 1):  # like the wrk runs: wait for quiet, repeat if disturbed
-                    wait_quiet(max_other_cpu, quiet_wait, log)
-                    busy0, _ = _cpu_jiffies()
+                    wait_quiet(max_other_cpu, quiet_wait, log, pause=2.0)
+                    busy0, _ = cpu_jiffies()
                     own0, t0 = time.process_time(), time.monotonic()
                     r = time_inprocess(fn, ip.seconds)
                     wall = time.monotonic() - t0
-                    busy1, _ = _cpu_jiffies()
+                    busy1, _ = cpu_jiffies()
                     r["own_cpu"] = (time.process_time() - own0) / wall
                     r["other_cpu"] = max(0.0, (busy1 - busy0) / CLK_TCK / wall - r["own_cpu"])
                     if r["other_cpu"] < max_other_cpu:
@@ -438,48 +382,13 @@ def run(
 
 
 # -- reporting -------------------------------------------------------------------------------------
-def machine_info() -> Dict[str, Any]:
-    def version(mod: str) -> Optional[str]:
-        try:
-            from importlib.metadata import version as v
-
-            return v(mod)
-        except Exception:
-            return None
-
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or None
-    return {
-        "hostname": platform.node(), "platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-        "mem_gib": mem, "python": platform.python_version(), "wrk": wrk_version(), "git_commit": commit,
-        "loadavg_at_end": os.getloadavg(),
-        "packages": {p: version(p) for p in ("mlserver", "mlserver-sklearn", "scikit-learn", "numpy",
-                                             "fastapi", "uvicorn", "pydantic", "modelserve")},
-    }
-
-
 def summarise(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Median (and min/max) over repeats for each (variant, mode, concurrency)."""
-    groups: Dict[tuple, List[dict]] = {}
+    by_point: Dict[tuple, List[dict]] = {}
     for r in result["runs"]:
-        groups.setdefault((r["variant"], r["mode"], r["concurrency"]), []).append(r)
+        by_point.setdefault((r["variant"], r["mode"], r["concurrency"]), []).append(r)
     out = []
-    for (variant, mode, conc), rs in groups.items():
+    for (variant, mode, conc), rs in by_point.items():
         rps = [r["rps"] for r in rs]
         out.append({
             "variant": variant, "mode": mode, "concurrency": conc, "n": len(rs),
@@ -502,95 +411,96 @@ def lookup(summary: Iterable[Dict[str, Any]], variant: str, mode: str, conc: int
     return None
 
 
-def markdown_table(result: Dict[str, Any], summary: Optional[List[Dict[str, Any]]] = None) -> str:
-    """Rows: variant; columns: mode × concurrency; cells: median req/s (p50 / p99 ms)."""
-    summary = summary or summarise(result)
+def bottleneck(result: Dict[str, Any]) -> Dict[str, float]:
+    """The most CPU (cores) wrk and the other processes used during any run: ``result["wrk_bottleneck"]``."""
+    return {"max_wrk_cpu_cores": round(max(r["wrk_cpu"] for r in result["runs"]), 3),
+            "max_other_cpu_cores": round(max(r["other_cpu"] for r in result["runs"]), 3)}
+
+
+def targets(ratios: Dict[str, Optional[float]], minima: Dict[str, float]) -> Dict[str, dict]:
+    """``result["targets"]``: each ratio's minimum and whether it is met."""
+    return {k: {"min": v, "met": (ratios[k] or 0) >= v} for k, v in minima.items()}
+
+
+def verdict(result: Dict[str, Any]) -> str:
+    """The ratios against their targets, for the text."""
+    r = result["ratios"]
+    return ", ".join(f"{k} = {r[k]} (target ≥ {t['min']}: {'met' if t['met'] else 'MISSED'})"
+                     for k, t in result["targets"].items())
+
+
+def load_note(result: Dict[str, Any]) -> str:
+    """What wrk and the other processes used at most, for the text (without the full stop)."""
+    wb = result["wrk_bottleneck"]
+    return (f"wrk used at most {wb['max_wrk_cpu_cores']:.2f} of a core; other processes at most "
+            f"{wb['max_other_cpu_cores']:.2f} cores during a run")
+
+
+def section_head(result: Dict[str, Any]) -> str:
+    """The start of a README section: when and where it ran, and how long each run was."""
+    m, cfg = result["machine"], result["config"]
+    return (f"Last run {result['date']} on {m['cores']} cores ({m['cpu']}), wrk -t{cfg['wrk_threads']}, "
+            f"{cfg['duration_s']:g} s per run after a {cfg['warmup_s']:g} s warm-up, {cfg['repeats']} interleaved "
+            "repeats")
+
+
+def groups(result: Dict[str, Any]) -> List[tuple]:
+    """The (mode, concurrency) columns of a result's table (the groups of its plot), in order."""
     cfg = result["config"]
-    modes, concs = list(cfg["modes"]), cfg["concurrencies"]
-    variants = list(cfg["variants"])
-    head = ["variant"] + [f"{m} c={c}" for m in modes for c in concs]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in variants:
-        cells = [f"`{v}`"]
-        for m in modes:
-            for c in concs:
-                s = lookup(summary, v, m, c)
-                cells.append("–" if s is None else
-                             f"**{s['rps_median']:,.0f}** req/s<br>p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms")
-        lines.append("| " + " | ".join(cells) + " |")
+    return [(m, c) for m in cfg["modes"] for c in cfg["concurrencies"]]
+
+
+def inprocess_medians(result: Dict[str, Any]) -> Dict[str, float]:
+    """Median µs per call of each in-process timing, by name."""
     by_name: Dict[str, List[dict]] = {}
     for t in result.get("inprocess", []):
         by_name.setdefault(t["variant"], []).append(t)
-    for name, ts in by_name.items():
-        us = statistics.median(t["us_per_call"] for t in ts)
-        cell = f"{us:.1f} µs/call = {1e6 / us:,.0f} calls/s (in-process, no server)"
-        lines.append("| " + " | ".join([f"`{name}`", cell] + [""] * (len(head) - 2)) + " |")
-    return "\n".join(lines)
+    return {name: statistics.median(t["us_per_call"] for t in ts) for name, ts in by_name.items()}
+
+
+def grid_table(result: Dict[str, Any], summary: List[Dict[str, Any]], cell: Callable[[Dict[str, Any]], str],
+               extra: Optional[tuple] = None, others: Sequence[Sequence[str]] = ()) -> str:
+    """Rows: variant (then ``extra`` = (title, value of a variant) as a second column, if given); columns:
+    mode × concurrency; cells: ``cell(summary row)``, "–" where none. Then the rows ``others``, padded."""
+    head = ["variant"] + ([extra[0]] if extra else []) + [f"{m} c={c}" for m, c in groups(result)]
+    rows = [[f"`{v}`"] + ([extra[1](v)] if extra else [])
+            + ["–" if s is None else cell(s) for s in (lookup(summary, v, m, c) for m, c in groups(result))]
+            for v in result["config"]["variants"]]
+    return md_table(head, rows + [list(r) + [""] * (len(head) - len(r)) for r in others])
+
+
+def markdown_table(result: Dict[str, Any], summary: Optional[List[Dict[str, Any]]] = None) -> str:
+    """Rows: variant; columns: mode × concurrency; cells: median req/s (p50 / p99 ms)."""
+    others = [[f"`{name}`", f"{us:.1f} µs/call = {1e6 / us:,.0f} calls/s (in-process, no server)"]
+              for name, us in inprocess_medians(result).items()]
+    return grid_table(result, summary or summarise(result),
+                      lambda s: f"**{s['rps_median']:,.0f}** req/s<br>p50 {s['p50_ms']:.2f} / p99 {s['p99_ms']:.2f} ms",
+                      others=others)
+
+
+def grid_bars(result: Dict[str, Any], summary: List[Dict[str, Any]], prefix: str, label: Callable[[str], str],
+              group_width: float):
+    """A figure of grouped bars: the median PREFIX (whiskers min–max) of each variant, labelled ``label(variant)``,
+    in one group per (mode, concurrency). Returns (fig, ax)."""
+    variants, gs = list(result["config"]["variants"]), groups(result)
+    fig, ax = pyplot().subplots(figsize=(max(7, group_width * len(gs)), 4.8))
+    for i, v in enumerate(variants):
+        bars(ax, i, len(variants), [lookup(summary, v, m, c) for m, c in gs], prefix, label(v))
+    ax.set_xticks(range(len(gs)))
+    ax.set_xticklabels([f"{m}\nc={c}" for m, c in gs])
+    return fig, ax
 
 
 def plot(result: Dict[str, Any], path: Path, title: str = "", summary: Optional[List[Dict[str, Any]]] = None) -> None:
     """Grouped bars: median req/s per variant, one group per (mode, concurrency); whiskers min–max."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summary or summarise(result)
     cfg = result["config"]
-    modes, concs, variants = list(cfg["modes"]), cfg["concurrencies"], list(cfg["variants"])
-    groups = [(m, c) for m in modes for c in concs]
-    width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(groups)), 4.8))
-    for i, v in enumerate(variants):
-        xs, ys, lo, hi = [], [], [], []
-        for g, (m, c) in enumerate(groups):
-            s = lookup(summary, v, m, c)
-            if s is None:
-                continue
-            xs.append(g - 0.4 + width * (i + 0.5))
-            ys.append(s["rps_median"])
-            lo.append(s["rps_median"] - s["rps_min"])
-            hi.append(s["rps_max"] - s["rps_median"])
-        bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=v)
-        ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7, padding=2)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{m}\nc={c}" for m, c in groups])
+    fig, ax = grid_bars(result, summary or summarise(result), "rps", str, 2.2)
     ax.set_ylabel("requests / s (median of repeats; whiskers: min–max)")
-    notes = []
-    by_name: Dict[str, List[dict]] = {}
-    for t in result.get("inprocess", []):
-        by_name.setdefault(t["variant"], []).append(t)
-    for name, ts in by_name.items():
-        us = statistics.median(t["us_per_call"] for t in ts)
-        notes.append(f"{name}: {us:.0f} µs/call ≈ {1e6 / us:,.0f} calls/s")
+    notes = [f"{name}: {us:.0f} µs/call ≈ {1e6 / us:,.0f} calls/s" for name, us in inprocess_medians(result).items()]
     m = result["machine"]
     sub = (f"{m['cores']} cores {m['cpu']}, wrk -t{cfg['wrk_threads']} -d{cfg['duration_s']:g}s, "
            f"{cfg['repeats']} interleaved repeats, {result['date'][:10]}")
     ax.set_title((title + "\n" if title else "") + sub + ("\n" + "; ".join(notes) if notes else ""), fontsize=9)
     ax.legend(fontsize=8)
     ax.margins(y=0.12)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_json(result: Dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    tmp.replace(path)
-
-
-def replace_section(path: Path, name: str, text: str) -> None:
-    """Replace the text between <!-- name:start --> and <!-- name:end --> markers (append if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc and end in doc:
-        pre, rest = doc.split(start, 1)
-        _, post = rest.split(end, 1)
-        doc = pre + block + post
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
+    save(fig, path)
