@@ -45,8 +45,6 @@ PUBLIC_CLASSES = [
     "modelserve.kubeai.FileSpec",
 ]
 
-PENDING_FILES = {"docs/architecture.md"}
-"""Link targets written on another branch; allowed to be missing until it is merged."""
 
 
 # -- option tables ------------------------------------------------------------------------------------------
@@ -234,8 +232,7 @@ def broken_links(md: Path, root: Path = ROOT) -> List[str]:
         dest = (md.parent / path).resolve() if path else md
         rel = dest.relative_to(root) if root in dest.parents else dest
         if not dest.exists():
-            if str(rel) not in PENDING_FILES:
-                out.append(f"{md.relative_to(root)}: {target} (no such file)")
+            out.append(f"{md.relative_to(root)}: {target} (no such file)")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             out.append(f"{md.relative_to(root)}: {target} (no heading #{anchor} in {rel})")
     return out

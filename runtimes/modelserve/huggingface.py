@@ -45,8 +45,11 @@ class HuggingFaceOptions(RuntimeOptions):
     max_length: Optional[int] = Field(default=None, ge=1)
     """Truncate texts to this many tokens; unset: no truncation, a longer text than the model takes is a 400."""
     disable_lower_case: bool = False
+    """Keep case for an uncased tokenizer (passes do_lower_case=False)."""
     disable_special_tokens: bool = False
+    """Tokenize without special tokens such as [CLS]/[SEP] (add_special_tokens=False)."""
     trust_remote_code: bool = False
+    """Allow the folder's own Python classes (auto_map in config.json); without it such a folder fails the load."""
     tokenizer_revision: Optional[str] = None
     """The hub revision the tokenizer is read from (hf:// URIs only): a branch, tag or full commit sha."""
     return_token_type_ids: Optional[bool] = None
@@ -56,11 +59,13 @@ class HuggingFaceOptions(RuntimeOptions):
     normalize: Optional[bool] = None
     """Embedding: L2-normalise; default true when the sentence-transformers folder has a Normalize module."""
     disable_log_requests: bool = False
+    """Do not log request texts (by default logged at INFO: model, request id, count, texts)."""
     max_log_len: Optional[int] = Field(default=None, ge=0)
     """Characters of each text shown in the request log; default: all."""
     coalesce: bool = True
     """Merge requests that arrive while the model is busy into one forward pass (each gets its own rows)."""
     max_coalesced_rows: int = Field(default=256, ge=1)
+    """The most texts one shared (coalesced) forward pass may hold."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Generation: new tokens when the request does not say (request parameter `max_new_tokens`)."""
     max_new_tokens_limit: int = Field(default=2048, ge=1)

@@ -45,23 +45,31 @@ class AdapterSpec(_Strict):
     name: str = Field(max_length=63, pattern=r"^[a-z0-9-]+$")
     """As KubeAI: lowercase letters, digits and dashes. Requests pick it by parameter `adapter` or OpenAI `model`."""
     url: str
+    """The adapter's PEFT folder, resolved like the model's url (hf://, s3://, pvc://, store://, local path)."""
 
 
 class FileSpec(_Strict):
     path: str = Field(min_length=1, max_length=1024)
     """Relative to the model's working folder (the engine's current directory)."""
     content: str = Field(max_length=100_000)
+    """The file's text."""
 
 
 class Scaling(_Strict):
     """KubeAI's scaling fields; the deployment renderer maps them onto KServe (validated here only)."""
 
     replicas: Optional[int] = Field(default=None, ge=0)
+    """A fixed replica count: sets both minReplicas and maxReplicas."""
     min_replicas: Optional[int] = Field(default=None, ge=0)
+    """The InferenceService's minReplicas (0: scale to zero)."""
     max_replicas: Optional[int] = Field(default=None, ge=1)
+    """The InferenceService's maxReplicas."""
     autoscaling_disabled: bool = False
+    """A fixed replica count with no autoscaler (RawDeployment: no HPA); refuses target_request."""
     target_request: Optional[int] = Field(default=None, ge=1)
+    """Concurrent requests per replica that Knative scales on (Serverless only)."""
     scale_down_delay_seconds: Optional[int] = Field(default=None, ge=0)
+    """Knative's scale-down delay in seconds (Serverless only)."""
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -85,14 +93,19 @@ class KubeAIOptions(RuntimeOptions):
     url: Optional[str] = None
     """The model: hf://org/name[@rev], s3://, pvc://, store://, file:// or a local path; default parameters.uri."""
     adapters: List[AdapterSpec] = Field(default_factory=list)
+    """LoRA adapters (VLLM only), each {name, url}; url is resolved like the model's url."""
     args: List[str] = Field(default_factory=list)
     """Extra engine command-line arguments, after ours (so they win)."""
     env: Dict[str, str] = Field(default_factory=dict)
+    """Extra environment for an engine that runs as its own process (FasterWhisper and an attached Ollama refuse it)."""
     files: List[FileSpec] = Field(default_factory=list)
+    """Files written into the model's working folder before the engine starts, so args can name them."""
     processors: Optional[str] = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]*:[1-9][0-9]*$")
     """KubeAI's resource profile, `<profile>:<count>` (e.g. nvidia-gpu-l4:1); used by the deployment renderer."""
     cache_profile: Optional[str] = Field(default=None, max_length=63, pattern=_DNS_LABEL)
+    """KubeAI's cache profile, a DNS label; validated only, not used yet."""
     scaling: Optional[Scaling] = None
+    """KubeAI's scaling fields; the deployment renderer maps them onto the InferenceService."""
     store_root: Optional[str] = None
     """Where store:// URLs resolve; default $MODELSERVE_STORE_ROOT."""
     engine_command: Optional[str] = None
@@ -103,7 +116,9 @@ class KubeAIOptions(RuntimeOptions):
     """Attach to an engine that already runs (vLLM/Infinity: started with --served-model-name = this model's
     name; OLlama: any Ollama server, default $OLLAMA_HOST)."""
     start_timeout: float = Field(default=600, gt=0)
+    """Seconds the engine may take to answer /health before the load fails."""
     max_restarts: int = Field(default=5, ge=0)
+    """Crashes in a row after which the model is marked not ready and answers 503."""
     max_tokens: int = Field(default=256, ge=1)
     """V2 generation: new tokens when the request does not say (parameter `max_tokens`)."""
     max_tokens_limit: int = Field(default=4096, ge=1)

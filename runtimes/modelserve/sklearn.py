@@ -42,6 +42,7 @@ class SKLearnOptions(RuntimeOptions):
     coalesce: bool = True
     """Merge requests that arrive while the model is busy into one call (each gets its own rows back)."""
     max_coalesced_rows: int = Field(default=4096, ge=1)
+    """The most rows one shared (coalesced) model call may hold."""
 
 
 def _load_estimator(path: Path, trusted: List[str]):
