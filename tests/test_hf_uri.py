@@ -171,7 +171,7 @@ def test_bad_hf_uris_are_refused_clearly(hf_cache, uri, expected):
 def test_without_huggingface_hub_the_error_says_what_to_install(hf_cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
     msg = load_error("hf://acme/iris")
-    assert "hf://acme/iris" in msg and "huggingface_hub" in msg and "pip install modelserve[huggingface]" in msg
+    assert "hf://acme/iris" in msg and "huggingface_hub" in msg and "huggingface extra: pip install -e '.[huggingface]'" in msg
 
 
 def test_importing_modelserve_storage_does_not_import_huggingface_hub():

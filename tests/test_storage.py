@@ -19,6 +19,7 @@ from mlserver.repository.load import load_model_settings
 from mlserver.settings import ModelSettings
 
 from modelserve import storage
+from modelserve.storage import s3 as storage_s3
 from modelserve.errors import ModelLoadError
 from modelserve.sklearn import WELLKNOWN
 
@@ -88,7 +89,7 @@ class Spy:
 @pytest.fixture
 def spy(monkeypatch) -> Spy:
     spy = Spy()
-    real = storage._s3_client
+    real = storage_s3._s3_client
 
     def client():
         c = real()
@@ -103,7 +104,7 @@ def spy(monkeypatch) -> Spy:
         c.download_file = download_file
         return c
 
-    monkeypatch.setattr(storage, "_s3_client", client)
+    monkeypatch.setattr(storage_s3, "_s3_client", client)
     return spy
 
 
@@ -355,13 +356,13 @@ def test_kserve_s3_endpoint_variables(s3env, prefix, monkeypatch):
     monkeypatch.setenv("S3_USE_HTTPS", "0")
     assert storage.resolve(settings(uri)).read_bytes() == b"via S3_ENDPOINT"
     monkeypatch.delenv("S3_USE_HTTPS")
-    assert storage._s3_client().meta.endpoint_url == "https://" + s3env.endpoint.split("://", 1)[1]
+    assert storage_s3._s3_client().meta.endpoint_url == "https://" + s3env.endpoint.split("://", 1)[1]
     monkeypatch.setenv("S3_USE_HTTPS", "false")
-    assert storage._s3_client().meta.endpoint_url == s3env.endpoint
+    assert storage_s3._s3_client().meta.endpoint_url == s3env.endpoint
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://elsewhere:9000")  # the AWS variable wins
-    assert storage._s3_client().meta.endpoint_url == "http://elsewhere:9000"
+    assert storage_s3._s3_client().meta.endpoint_url == "http://elsewhere:9000"
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
-    assert storage._s3_client().meta.region_name == "eu-west-3"
+    assert storage_s3._s3_client().meta.region_name == "eu-west-3"
 
 
 # -- the cache ---------------------------------------------------------------------------------------
@@ -431,7 +432,7 @@ def test_unusable_cache_folder_is_a_clear_error(s3env, prefix, tmp_path):
 
 
 def test_download_logs_progress(s3env, prefix, monkeypatch, caplog):
-    monkeypatch.setattr(storage, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(storage_s3, "PROGRESS_SECONDS", 0.0)
     uri = s3env.put(f"{prefix}/big/model.joblib", os.urandom(300_000))
     with caplog.at_level(logging.INFO, logger="mlserver.modelserve.storage"):
         storage.resolve(settings(uri))
@@ -481,7 +482,7 @@ def test_object_changing_size_during_download_is_not_trusted(s3env, prefix, spy,
 def test_download_corrupted_in_transit_is_never_cached_and_a_retry_succeeds(s3env, prefix, tmp_path, monkeypatch):
     uri = f"s3://models/{prefix}/m/"
     s3env.put(f"{prefix}/m/model.joblib", b"model bytes" * 1000)
-    real, corrupt = storage._s3_client, [True]
+    real, corrupt = storage_s3._s3_client, [True]
 
     def client():
         c = real()
@@ -495,7 +496,7 @@ def test_download_corrupted_in_transit_is_never_cached_and_a_retry_succeeds(s3en
         c.download_file = download_file
         return c
 
-    monkeypatch.setattr(storage, "_s3_client", client)
+    monkeypatch.setattr(storage_s3, "_s3_client", client)
     msg = load_error(uri)
     assert "model.joblib: the downloaded bytes do not match the object's ETag" in msg
     cache = tmp_path / "cache"
@@ -522,8 +523,9 @@ KILLED_CHILD = textwrap.dedent("""
     import os, signal, sys
     from mlserver.settings import ModelSettings
     from modelserve import storage
+    from modelserve.storage import s3 as storage_s3
 
-    real = storage._s3_client
+    real = storage_s3._s3_client
 
     def client():
         c = real()
@@ -540,7 +542,7 @@ KILLED_CHILD = textwrap.dedent("""
         c.download_file = download_file
         return c
 
-    storage._s3_client = client
+    storage_s3._s3_client = client
     s = ModelSettings.model_validate({"name": "m", "implementation": "x.Y", "parameters": {"uri": sys.argv[1]}})
     storage.resolve(s)
 """)
@@ -566,7 +568,7 @@ def test_killed_download_is_ignored_and_its_folder_swept_once_abandoned(s3env, p
     got = storage.resolve(settings(uri), WELLKNOWN)
     assert got.read_bytes() == b"full model"
     assert stale[0].exists() and fake.exists()  # fresh: they may belong to a live loader
-    old = time.time() - 2 * storage.STALE_SECONDS
+    old = time.time() - 2 * storage_s3.STALE_SECONDS
     for folder in (stale[0], fake):
         for p in [folder, *folder.rglob("*")]:
             os.utime(p, (old, old))

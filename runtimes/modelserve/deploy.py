@@ -10,7 +10,7 @@ ServingRuntime per engine), their ``url`` becomes the ``storageUri`` and ``proce
 Import-light on purpose: no runtime, MLServer or numpy import, and PyYAML only when present (without it
 the output is JSON, which is YAML too).
 
-Adding a runtime: one ``Runtime`` entry below, ``docker/<key>/{Dockerfile,Dockerfile.dockerignore,
+Adding a runtime: one ``Image`` entry below, ``docker/<key>/{Dockerfile,Dockerfile.dockerignore,
 requirements.txt}``, ``servingruntimes/<key>.yaml``, ``servingruntimes/<key>-modelmesh.yaml`` and
 examples in ``servingruntimes/examples/<key>-*.yaml``; tests/test_deploy.py checks that they all agree.
 """
@@ -27,7 +27,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Image:
+    """One image: its Dockerfile, ServingRuntime(s) and example must agree with this entry (tests/test_deploy.py)."""
+
     key: str  # docker/<key>/, servingruntimes/<key>.yaml, the pip extra
     implementation: str  # MLSERVER_MODEL_IMPLEMENTATION
     model_format: Tuple[str, str]  # (name, version) an InferenceService asks for
@@ -48,19 +50,19 @@ class Runtime:
 KUBEAI = "modelserve.kubeai.KubeAIRuntime"
 
 # Model formats: (name, major version of the format's reader); "1" where the format has no version of its own.
-RUNTIMES: Dict[str, Runtime] = {
+RUNTIMES: Dict[str, Image] = {
     r.key: r
     for r in (
-        Runtime("sklearn", "modelserve.sklearn.SKLearnRuntime", ("sklearn", "1")),
-        Runtime("mlflow", "modelserve.mlflow.MLflowRuntime", ("mlflow", "3")),
-        Runtime("huggingface", "modelserve.huggingface.HuggingFaceRuntime", ("huggingface", "1"), gpu=True,
+        Image("sklearn", "modelserve.sklearn.SKLearnRuntime", ("sklearn", "1")),
+        Image("mlflow", "modelserve.mlflow.MLflowRuntime", ("mlflow", "3")),
+        Image("huggingface", "modelserve.huggingface.HuggingFaceRuntime", ("huggingface", "1"), gpu=True,
                 openai=True),
-        Runtime("vllm", KUBEAI, ("vllm", "1"), engine="VLLM", engine_env=("MODELSERVE_VLLM_COMMAND",
+        Image("vllm", KUBEAI, ("vllm", "1"), engine="VLLM", engine_env=("MODELSERVE_VLLM_COMMAND",
                 "/opt/vllm/bin/python"), gpu=True, openai=True),
-        Runtime("whisper", KUBEAI, ("faster-whisper", "1"), engine="FasterWhisper", gpu=True, openai=True),
-        Runtime("infinity", KUBEAI, ("infinity", "1"), engine="Infinity", engine_env=(
+        Image("whisper", KUBEAI, ("faster-whisper", "1"), engine="FasterWhisper", gpu=True, openai=True),
+        Image("infinity", KUBEAI, ("infinity", "1"), engine="Infinity", engine_env=(
                 "MODELSERVE_INFINITY_COMMAND", "/opt/infinity/bin/infinity_emb"), gpu=True, openai=True),
-        Runtime("ollama", KUBEAI, ("ollama", "1"), engine="OLlama", gpu=True, openai=True),
+        Image("ollama", KUBEAI, ("ollama", "1"), engine="OLlama", gpu=True, openai=True),
     )
 }
 
@@ -82,7 +84,7 @@ class RenderError(ValueError):
     """A model-settings.json or option that cannot become an InferenceService; the message says why."""
 
 
-def runtime_for(implementation: Optional[str], key: Optional[str], engine: Optional[str] = None) -> Runtime:
+def runtime_for(implementation: Optional[str], key: Optional[str], engine: Optional[str] = None) -> Image:
     """The image a model runs in: --runtime, else its implementation (KubeAI: and its engine)."""
     if key:
         if key not in RUNTIMES:

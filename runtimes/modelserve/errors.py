@@ -52,6 +52,12 @@ def one_line(exc: BaseException) -> str:
     return f"{name}: {msg}" if msg else name
 
 
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of the exception's message (its type's name when it has none)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 class Unavailable(HTTPException, MLServerError):
     """503 with ``Retry-After``: the model's engine is (re)starting or has failed.
 

@@ -114,7 +114,7 @@ BAD = {
     "max_new_tokens_zero": ({"max_new_tokens": 0}, "parameter 'max_new_tokens' is 0; allowed range [1, 512]"),
     "max_new_tokens_too_many": ({"max_new_tokens": 513}, "parameter 'max_new_tokens' is 513"),
     "bad_top_p": ({"top_p": 2}, "parameter 'top_p' is 2.0"),
-    "bad_stop": ({"stop": [3]}, "parameter 'stop' must be a list of non-empty strings"),
+    "bad_stop": ({"stop": [3]}, "parameter 'stop' must be a string or a list of non-empty strings"),
 }
 
 

@@ -388,11 +388,6 @@ def test_huggingface_image_serves_minilm_the_kserve_way(images):
 def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_factory):
     """No engine option anywhere: the image's MODELSERVE_KUBEAI_ENGINE picks FasterWhisper for /mnt/models."""
     whisper_models = pytest.importorskip("tests.whisper_models")
-    from modelserve.kubeai import AVAILABLE_ENGINES
-    from modelserve.options import Engine
-
-    if Engine.FASTER_WHISPER not in AVAILABLE_ENGINES:
-        pytest.skip("engine FasterWhisper is not available in this version of modelserve")
     image = images("whisper")
     mount(image, whisper_models.build_tiny_whisper(tmp_path_factory.mktemp("image-whisper") / "ct2"))
     srv = serving(image, kserve_env("whisper", "whisper"), "whisper")

@@ -1,4 +1,5 @@
-"""MLflow model signatures: V2 tensors to what a pyfunc model takes, its results back to V2, and V2 metadata.
+"""MLflow model signatures: V2 tensors to what a pyfunc model takes, params, and V2 metadata (results back to V2:
+mlflow_results.py).
 
 Imported only by the MLflow runtime, after mlflow itself: it needs ``mlflow.types``.
 """
@@ -6,7 +7,6 @@ Imported only by the MLflow runtime, after mlflow itself: it needs ``mlflow.type
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -16,7 +16,9 @@ from mlserver.codecs.numpy import to_datatype
 from mlserver.types import InferenceRequest, MetadataTensor, RequestInput, ResponseOutput
 
 from ..errors import BadRequest, one_line
-from .tensors import _flat, decode_array, decode_column, encode_array
+from .mlflow_results import encode_result
+from .requests import datatype_of
+from .tensors import decode_array, decode_column, flat
 
 try:  # nested column types, newer than the oldest mlflow we support; () matches nothing in isinstance
     from mlflow.types.schema import Array, Object
@@ -47,10 +49,6 @@ V2_OF_MLFLOW = {
 }
 _FLOATS = {"FP16", "FP32", "FP64"}
 _INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
-
-
-def _dt(inp: RequestInput) -> str:
-    return str(inp.datatype.value if hasattr(inp.datatype, "value") else inp.datatype)
 
 
 def _raw(inp: RequestInput) -> Any:
@@ -104,27 +102,29 @@ def _cast_numeric(name: str, arr: np.ndarray, target: np.dtype, expected: str) -
     return out
 
 
+_ACCEPTED = {"f": _FLOATS | _INTS, "i": _INTS, "b": {"BOOL"}, "s": {"BYTES"}}
+"""What a V2 request may send for a float, integer, boolean or text/bytes target."""
+
+
+def _accept(name: str, got: str, family: str, expected: str) -> None:
+    """A 400 naming the input and the expected type unless V2 datatype ``got`` fits ``family`` (_ACCEPTED)."""
+    if got not in _ACCEPTED[family]:
+        raise BadRequest(f"input '{name}': expected {expected}, got {got}")
+
+
+_FAMILY = {"double": "f", "float": "f", "long": "i", "integer": "i", "boolean": "b"}
+
+
 def _primitive(name: str, inp: RequestInput, arr: np.ndarray, t: DataType) -> np.ndarray:
     """The values of ``arr`` as the signature type ``t``, or a 400 naming input and expected type."""
-    got = _dt(inp)
     kind = t.name
-    expected = f"{kind} ({_accepts(t)}), got {got}"
+    _accept(name, datatype_of(inp), _FAMILY.get(kind, "s"), f"{kind} ({_accepts(t)})")
     if kind in ("double", "float"):
-        if got not in _FLOATS | _INTS:
-            raise BadRequest(f"input '{name}': expected {expected}")
         return arr.astype(np.float64 if kind == "double" else np.float32)
     if kind in ("long", "integer"):
-        if got not in _INTS:
-            raise BadRequest(f"input '{name}': expected {expected}")
         return _cast_numeric(name, arr, np.dtype(np.int64 if kind == "long" else np.int32), kind)
-    if kind == "boolean":
-        if got != "BOOL":
-            raise BadRequest(f"input '{name}': expected {expected}")
-        return arr
-    if got != "BYTES":
-        raise BadRequest(f"input '{name}': expected {expected}")
     if kind == "binary":  # the raw bytes, not the text decode_array makes of them
-        raw = _flat(_raw(inp))
+        raw = flat(_raw(inp))
         if len(raw) != arr.size:  # one column of a wider tensor: its text is all there is
             raw = arr.reshape(-1).tolist()
         values = [v if isinstance(v, bytes) else str(v).encode("utf-8") for v in raw]
@@ -278,19 +278,8 @@ class SignatureCodec:
 
     # -- model output -> V2 outputs ----------------------------------------------------------------
     def encode(self, result: Any) -> List[ResponseOutput]:
-        """DataFrame: one output per column; dict: one per key; anything else: one output."""
-        import pandas as pd
-
-        if isinstance(result, pd.DataFrame):
-            return [encode_array(str(c), _series_values(result[c])) for c in result.columns]
-        if isinstance(result, pd.Series):
-            name = result.name if isinstance(result.name, str) and result.name else self.output_name
-            return [encode_array(name, _series_values(result))]
-        if isinstance(result, dict):
-            return [encode_array(str(k), _values(v)) for k, v in result.items()]
-        if isinstance(result, list) and result and all(isinstance(r, dict) for r in result):
-            return self.encode(pd.DataFrame.from_records(result))
-        return [encode_array(self.output_name, _values(result))]
+        """The pyfunc's result as V2 outputs (codecs/mlflow_results.py)."""
+        return encode_result(result, self.output_name)
 
 
 def _from_text(value: Any, spec: ParamSpec) -> Any:
@@ -326,7 +315,7 @@ def _column(inp: RequestInput, t: Any) -> np.ndarray:
     """One DataFrame column of signature type ``t``."""
     if isinstance(t, DataType):
         return _primitive(inp.name, inp, decode_column(inp), t)
-    if isinstance(t, Array) and _dt(inp) != "BYTES":
+    if isinstance(t, Array) and datatype_of(inp) != "BYTES":
         arr = decode_array(inp)
         if arr.ndim < 2:
             raise BadRequest(f"input '{inp.name}': expected {_type_text(t)} ({_accepts(t)}), "
@@ -334,8 +323,8 @@ def _column(inp: RequestInput, t: Any) -> np.ndarray:
         if isinstance(t.dtype, DataType):
             arr = _primitive(inp.name, inp, arr, t.dtype)
         return arr
-    if _dt(inp) != "BYTES":
-        raise BadRequest(f"input '{inp.name}': expected {_type_text(t)} ({_accepts(t)}), got {_dt(inp)}")
+    if datatype_of(inp) != "BYTES":
+        raise BadRequest(f"input '{inp.name}': expected {_type_text(t)} ({_accepts(t)}), got {datatype_of(inp)}")
     rows = decode_column(inp)
     values = np.empty(len(rows), dtype=object)
     for i, text in enumerate(rows):
@@ -350,106 +339,19 @@ def _tensor(inp: RequestInput, spec: TensorSpec) -> np.ndarray:
     """One tensor as the spec's dtype, its shape checked against the spec's (-1 is any size)."""
     arr = decode_array(inp)
     target = np.dtype(spec.type)
-    got = _dt(inp)
-    expected = f"{target.name} ({numpy_v2_datatype(target)}), got {got}"
+    family = {"f": "f", "i": "i", "u": "i", "b": "b", "O": "s", "U": "s", "S": "s"}.get(target.kind)
+    if family is None:
+        raise BadRequest(f"input '{inp.name}': tensors of {target.name} are not supported over V2")
+    _accept(inp.name, datatype_of(inp), family, f"{target.name} ({numpy_v2_datatype(target)})")
     if target.kind == "f":
-        if got not in _FLOATS | _INTS:
-            raise BadRequest(f"input '{inp.name}': expected {expected}")
         arr = arr.astype(target)
     elif target.kind in "iu":
-        if got not in _INTS:
-            raise BadRequest(f"input '{inp.name}': expected {expected}")
         arr = _cast_numeric(inp.name, arr, target, target.name)
-    elif target.kind == "b":
-        if got != "BOOL":
-            raise BadRequest(f"input '{inp.name}': expected {expected}")
-    elif target.kind in "OUS":
-        if got != "BYTES":
-            raise BadRequest(f"input '{inp.name}': expected {expected}")
-        if target.kind == "S":
-            arr = np.array([v.encode("utf-8") for v in arr.reshape(-1)], dtype=object).reshape(arr.shape)
-        elif target.kind == "U":
-            arr = arr.astype(str)
-    else:
-        raise BadRequest(f"input '{inp.name}': tensors of {target.name} are not supported over V2")
+    elif target.kind == "S":
+        arr = np.array([v.encode("utf-8") for v in arr.reshape(-1)], dtype=object).reshape(arr.shape)
+    elif target.kind == "U":
+        arr = arr.astype(str)
     want = list(spec.shape)
     if len(want) != arr.ndim or any(w != -1 and w != g for w, g in zip(want, arr.shape)):
         raise BadRequest(f"input '{inp.name}': expected shape {want} (-1 is any size), got {list(arr.shape)}")
     return arr
-
-
-def _values(value: Any) -> np.ndarray:
-    """A result (array, list, Series, scalar) as an ndarray that encode_array can send."""
-    import pandas as pd
-
-    if isinstance(value, (pd.Series, pd.Index)):
-        return _series_values(pd.Series(value))
-    if isinstance(value, pd.DataFrame):
-        return _values(value.to_numpy())
-    try:
-        arr = np.asarray(value)
-    except ValueError:  # ragged lists
-        arr = np.empty(len(value), dtype=object)
-        arr[:] = list(value)
-    if arr.ndim == 0:
-        arr = arr.reshape(1)
-    return _plain(arr)
-
-
-def _series_values(series) -> np.ndarray:
-    """A column's values: nullable numbers as floats (NA -> NaN), dates as ISO text, nested rows as JSON."""
-    import pandas as pd
-
-    dtype = series.dtype
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        return np.asarray([t.isoformat() if not pd.isna(t) else "" for t in series], dtype=object)
-    if pd.api.types.is_timedelta64_dtype(dtype):
-        return series.astype(str).to_numpy(dtype=object)
-    if pd.api.types.is_extension_array_dtype(dtype) and pd.api.types.is_numeric_dtype(dtype):
-        if series.isna().any():
-            return series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return series.to_numpy(dtype=dtype.numpy_dtype)
-    if pd.api.types.is_bool_dtype(dtype) and pd.api.types.is_extension_array_dtype(dtype):
-        return series.to_numpy(dtype=object)
-    arr = series.to_numpy()
-    if arr.dtype == object and len(arr) and all(isinstance(v, (list, np.ndarray)) for v in arr):
-        try:  # rows of equal-length arrays: a [rows, n] tensor
-            stacked = np.stack([np.asarray(v) for v in arr])
-            if stacked.dtype.kind in "biuf":
-                return stacked
-        except ValueError:
-            pass
-    return _plain(arr)
-
-
-def _plain(arr: np.ndarray) -> np.ndarray:
-    """Object arrays to text the V2 BYTES encoding keeps: bytes decoded, nested values as JSON."""
-    if arr.dtype.kind in "Mm":
-        return arr.astype(str).astype(object)
-    if arr.dtype.kind == "S":
-        return np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(arr)
-    if arr.dtype != object:
-        return arr
-    flat = arr.reshape(-1)
-    if all(isinstance(v, str) for v in flat):
-        return arr
-    if all(isinstance(v, (int, float, np.number, bool, np.bool_)) and not isinstance(v, str) for v in flat):
-        try:
-            return np.asarray(flat.tolist()).reshape(arr.shape)
-        except (ValueError, TypeError):
-            pass
-    out = np.empty(flat.shape, dtype=object)
-    out[:] = [_text(v) for v in flat]
-    return out.reshape(arr.shape)
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (dict, list, tuple, np.ndarray)):
-        return json.dumps(v, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
-    return str(v)

@@ -3,6 +3,7 @@ OpenAI sampling fields that V2 generation requests map onto."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterable, List
 
 from ..errors import BadRequest
@@ -15,11 +16,12 @@ def number(name: str, value: Any, kind: type, low: Any = None, high: Any = None,
             value = float(value)
         except ValueError:
             pass
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok:
-        raise BadRequest(f"parameter '{name}' must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        raise BadRequest(f"parameter '{name}' must be {'an integer' if kind is int else 'a finite number'}, "
+                         f"got {value!r}")
     value = kind(value)
     if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
         rng = f"{'(' if low_open else '['}{low}, {high if high is not None else '∞'}]"

@@ -11,6 +11,7 @@ from mlserver.codecs.numpy import to_datatype
 from mlserver.types import Datatype, Parameters, RequestInput, ResponseOutput, TensorData
 
 from ..errors import BadRequest
+from .requests import datatype_of
 
 _NUMERIC = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
@@ -19,7 +20,7 @@ _NUMERIC = {
 }
 
 
-def _flat(data: Any) -> List[Any]:
+def flat(data: Any) -> List[Any]:
     """Flattens the nested lists that MLServer accepts in ``data``."""
     if not isinstance(data, list):
         return [data]
@@ -44,12 +45,12 @@ def decode_array(inp: RequestInput) -> np.ndarray:
     if any(d < 0 for d in shape):
         raise BadRequest(f"input '{inp.name}': shape {shape} has a negative dimension")
     expected = math.prod(shape)
-    dtype = str(inp.datatype.value if hasattr(inp.datatype, "value") else inp.datatype)
+    dtype = datatype_of(inp)
     raw = inp.data.root if hasattr(inp.data, "root") else inp.data
     if dtype == "BYTES":
         if isinstance(raw, (bytes, str)):
             raw = [raw]
-        values = _flat(raw)
+        values = flat(raw)
         if len(values) != expected:
             raise BadRequest(f"input '{inp.name}': shape {shape} needs {expected} values, got {len(values)}")
         strs = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
@@ -67,7 +68,7 @@ def decode_array(inp: RequestInput) -> np.ndarray:
         except ValueError as exc:
             raise BadRequest(f"input '{inp.name}': raw data does not fit {dtype}: {exc}") from None
     else:
-        values = _flat(raw)
+        values = flat(raw)
         try:
             # numpy infers the kind first: strings, None or nested lists never pass as numbers
             probe = np.asarray(values)
@@ -142,7 +143,7 @@ def encode_array(name: str, arr: Any, datatype: Optional[str] = None) -> Respons
 def text_rows(inp: RequestInput, what: str = "text", allow_empty: bool = False) -> List[str]:
     """A BYTES tensor of shape [n] (or [n, 1]) as n strings; an empty batch, or an empty string unless
     ``allow_empty``, is a 400 naming the row."""
-    datatype = str(getattr(inp.datatype, "value", inp.datatype))
+    datatype = datatype_of(inp)
     if datatype != "BYTES":
         raise BadRequest(f"input '{inp.name}': this model takes {what} (datatype BYTES), got {datatype}")
     arr = decode_array(inp)

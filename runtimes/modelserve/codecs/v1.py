@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, RequestInput
 
 from ..errors import BadRequest
-from .tensors import encode_array
+from .requests import datatype_of
 
 
 def _datatype(arr: np.ndarray) -> str:
@@ -35,7 +35,7 @@ def _tensor(name: str, values: Any) -> RequestInput:
     return RequestInput(name=name, shape=list(arr.shape), datatype=datatype, data=data)
 
 
-def v1_request_to_v2(body: Any, input_name: str, columns: Optional[List[str]] = None) -> InferenceRequest:
+def v1_request_to_v2(body: Any, input_name: str) -> InferenceRequest:
     """``instances`` as one V2 tensor, or, for a list of objects, one V2 input per key (a column each)."""
     if not isinstance(body, dict) or "instances" not in body:
         raise BadRequest('a V1 request is a JSON object with "instances": a list of rows')
@@ -64,7 +64,7 @@ def v2_response_to_v1(response: InferenceResponse) -> dict:
 
     arrays = {}
     for out in response.outputs:
-        if str(out.datatype.value if hasattr(out.datatype, "value") else out.datatype) == "BYTES":
+        if datatype_of(out) == "BYTES":
             vals = [v.decode("utf-8") if isinstance(v, bytes) else v for v in out.data.root]
             arrays[out.name] = np.asarray(vals, dtype=object).reshape(out.shape)
         else:
@@ -77,6 +77,3 @@ def v2_response_to_v1(response: InferenceResponse) -> dict:
 
 def _py(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
-
-
-__all__ = ["v1_request_to_v2", "v2_response_to_v1", "encode_array"]

@@ -74,7 +74,7 @@ class EngineProcess:
 
         self.state = "stopped"  # starting | ready | restarting | failed | stopped
         self.port = 0
-        self.restarts = 0
+        self.restarts = 0  # restarts so far: what an operator (and the metrics) count, tests assert it
         self.failure: Optional[str] = None
         self._proc: Optional[subprocess.Popen] = None
         self._exited: Optional[asyncio.Future] = None

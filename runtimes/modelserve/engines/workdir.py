@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional, Tuple
 
+from .. import storage
 from ..errors import ModelLoadError
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -14,7 +15,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 def workdir(model: str, cache_dir: Optional[str]) -> Path:
     """``<cache>/work/<model>``: stable across restarts, so files and engine caches are reused."""
-    base = Path(cache_dir or os.environ.get("MODELSERVE_CACHE_DIR") or Path.home() / ".cache" / "modelserve")
+    base = Path(cache_dir) if cache_dir else storage.default_cache_dir()
     folder = base / "work" / (_SAFE_NAME.sub("_", model) or "model")
     folder.mkdir(parents=True, exist_ok=True)
     return folder.resolve()
