@@ -10,7 +10,6 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-from fastapi.responses import JSONResponse
 
 from ..codecs.params import number
 from ..errors import BadRequest
@@ -29,9 +28,8 @@ class OpenAIError(Exception):
         self.status, self.param, self.headers = status, param, headers
         self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
 
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.status}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    def body(self) -> dict:
+        return {"error": {"message": str(self), "type": self.type, "param": self.param, "code": self.status}}
 
 
 def parse_form(content_type: str, raw: bytes) -> Tuple[Dict[str, Any], Optional[bytes]]:

@@ -152,7 +152,8 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
             return Response(content=bytes(result), media_type="application/json")
         return JSONResponse(result)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
-        return _as_openai_error(exc).response()
+        err = _as_openai_error(exc)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
 async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
