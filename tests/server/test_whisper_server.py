@@ -134,7 +134,7 @@ def test_metadata_names_the_speech_tensors(server):
     ({"inputs": [{"name": "audio", "datatype": "FP32", "shape": [2], "data": [0.1, "NaN"]}]}, "audio"),
     ({"inputs": [{"name": "audio", "datatype": "INT32", "shape": [1], "data": [1]}]}, "datatype must be BYTES"),
     ({"inputs": [{"name": "audio", "datatype": "BYTES", "shape": [0], "data": []}]}, "empty batch"),
-    ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, "send one input named 'audio'"),
+    ({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, "unknown input 'text' (this model takes: audio)"),
     ({**v2_files([b"RIFF"]), "parameters": {"max_tokens": 3}}, "unknown parameter 'max_tokens'"),
     ({**v2_files([b"RIFF"]), "parameters": {"language": "klingon"}}, "parameter 'language'"),
     ({**v2_files([b"RIFF"]), "parameters": {"task": "summarise"}}, "parameter 'task'"),
