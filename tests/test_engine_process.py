@@ -19,7 +19,7 @@ import requests
 from modelserve.engines.process import EngineProcess
 from modelserve.errors import ModelLoadError, Unavailable
 
-FAKE = str(Path(__file__).parent / "engines" / "fake_engine.py")
+FAKE = str(Path(__file__).parent / "fakes" / "engine.py")
 
 
 def alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from .hf_models import ENTITY_LABELS, build_causal_lm, build_masked_lm, build_seq2seq, build_token_classifier
+from .support.hf_models import ENTITY_LABELS, build_causal_lm, build_masked_lm, build_seq2seq, build_token_classifier
 
 pytest.importorskip("transformers")
 

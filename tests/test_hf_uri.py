@@ -15,7 +15,7 @@ from modelserve import storage
 from modelserve.errors import ModelLoadError
 from modelserve.sklearn import WELLKNOWN
 
-from .harness import free_port
+from .support.harness import free_port
 
 IMPL = "modelserve.sklearn.SKLearnRuntime"
 SHA_MAIN = "a" * 40

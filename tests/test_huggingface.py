@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from .hf_models import (LABELS, build_all, build_config_only, build_custom_code, minilm_dir,
+from .support.hf_models import (LABELS, build_all, build_config_only, build_custom_code, minilm_dir,
                         minilm_variant)
 
 pytest.importorskip("transformers")
@@ -390,7 +390,7 @@ def infer_request(rt, req) -> dict:
 
 
 def test_tensor_inputs_give_what_the_same_texts_give(hf, tmp_path):
-    from .hf_models import build_masked_lm
+    from .support.hf_models import build_masked_lm
 
     emb_rt = loaded(minilm_dir(), tensor_input_names=TENSORS)
     assert [i.name for i in emb_rt.inputs] == ["text"] + TENSORS
@@ -441,7 +441,7 @@ def test_bad_tensor_requests_are_400_naming_the_problem(hf):
 
 
 def test_token_classification_and_fill_mask_tensor_requests(tmp_path):
-    from .hf_models import build_masked_lm, build_token_classifier
+    from .support.hf_models import build_masked_lm, build_token_classifier
 
     rt = loaded(build_token_classifier(tmp_path / "tagger"), tensor_input_names=["input_ids"])
     msg = bad_request(rt, tensor_request(rt.tokenizer, TEXTS[:1], names=["input_ids"]))
@@ -452,7 +452,7 @@ def test_token_classification_and_fill_mask_tensor_requests(tmp_path):
 
 
 def test_tensor_input_names_the_model_does_not_take_fail_the_load(hf, tmp_path):
-    from .hf_models import build_causal_lm
+    from .support.hf_models import build_causal_lm
 
     assert "forward() takes no 'pixel_values'" in load_error(hf["classifier"],
                                                              tensor_input_names=["input_ids", "pixel_values"])

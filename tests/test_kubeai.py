@@ -234,8 +234,8 @@ def test_malformed_messages_are_400s(text, expected):
     assert expected in str(err.value)
 
 
-# -- against a stand-in `vllm` CLI (tests/engines/fake_vllm.py): the command line, env, files, attach ----------
-FAKE_VLLM = Path(__file__).parent / "engines" / "fake_vllm.py"
+# -- against a stand-in `vllm` CLI (tests/fakes/vllm.py): the command line, env, files, attach ----------
+FAKE_VLLM = Path(__file__).parent / "fakes" / "vllm.py"
 
 
 def runtime(tmp_path: Path, **extra) -> KubeAIRuntime:

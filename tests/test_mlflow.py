@@ -16,8 +16,8 @@ from mlserver.types import InferenceRequest
 from modelserve.errors import BadRequest, ModelLoadError
 from modelserve.mlflow import MLflowRuntime
 
-from .mlflow_models import build, dict_inputs, echo_frame, params_frame
-from .models import iris_xy
+from .support.mlflow_models import build, dict_inputs, echo_frame, params_frame
+from .support.models import iris_xy
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 

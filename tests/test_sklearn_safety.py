@@ -19,7 +19,7 @@ from modelserve.mlflow import _load_pyfunc, pickled_flavors
 from modelserve.runtime import Runtime
 from modelserve.sklearn import SKLearnRuntime
 
-from .models import iris_xy
+from .support.models import iris_xy
 
 
 @pytest.fixture(scope="module")

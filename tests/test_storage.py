@@ -22,8 +22,8 @@ from modelserve import storage
 from modelserve.errors import ModelLoadError
 from modelserve.sklearn import WELLKNOWN
 
-from .harness import free_port
-from .s3server import S3Server, moto_s3
+from .support.harness import free_port
+from .support.s3server import S3Server, moto_s3
 
 IMPL = "modelserve.sklearn.SKLearnRuntime"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import grpc, write_model
+from ..support.harness import grpc, write_model
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"
 GOOD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server
-from ..whisper_models import encode_audio, speech_like
+from ..support.harness import Server
+from ..support.whisper_models import encode_audio, speech_like
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "settings"

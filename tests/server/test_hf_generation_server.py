@@ -9,8 +9,8 @@ import time
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import build_causal_lm, build_seq2seq
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import build_causal_lm, build_seq2seq
 
 pytest.importorskip("transformers")
 

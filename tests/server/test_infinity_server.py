@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import minilm_dir
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import minilm_dir
 
 openai = pytest.importorskip("openai")
 

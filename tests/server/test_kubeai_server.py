@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, grpc_stream, write_model
-from ..hf_models import minilm_dir
-from ..llama_models import build_lora, build_tiny_llama
+from ..support.harness import Server, grpc, grpc_stream, write_model
+from ..support.hf_models import minilm_dir
+from ..support.llama_models import build_lora, build_tiny_llama
 
 openai = pytest.importorskip("openai")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import requests
 
-from ..mlflow_models import params_frame
-from ..harness import grpc
-from ..models import iris_xy
+from ..support.mlflow_models import params_frame
+from ..support.harness import grpc
+from ..support.models import iris_xy
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -92,7 +92,7 @@ def test_params_come_from_the_request_parameters(any_server):
     assert out(r.json(), "total")["data"] == (frame["a"] + frame["b"]).tolist()
 
 
-# -- V2 over gRPC (tests.harness.grpc runs tritonclient in its own interpreter) ---------------------
+# -- V2 over gRPC (tests.support.harness.grpc runs tritonclient in its own interpreter) ---------------------
 def test_column_model_over_grpc_equals_direct_predict(any_server):
     frame = iris_frame()
     inputs = [(c, frame[c].to_numpy(np.float64), "FP64") for c in COLUMNS]

@@ -1,6 +1,6 @@
 """KubeAIRuntime with engine OLlama behind a real mlserver, through the official `ollama` client.
 
-The Ollama binary is on no registry this machine reaches, so the server is tests/engines/fake_ollama.py, which
+The Ollama binary is on no registry this machine reaches, so the server is tests/fakes/ollama.py, which
 speaks Ollama's documented wire protocol; with OLLAMA_HOST set these tests run against that real Ollama
 instead (models OLLAMA_TEST_MODEL, default tinyllama, and OLLAMA_TEST_EMBED_MODEL, default all-minilm;
 the supervised-`ollama serve` tests still use the stand-in binary). Answers are compared with the same
@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, free_port, write_model
+from ..support.harness import Server, free_port, write_model
 from .test_kubeai_server import descendants, wait_gone
 
 openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 
-FAKE = Path(__file__).resolve().parents[1] / "engines" / "fake_ollama.py"
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "ollama.py"
 REAL = os.environ.get("OLLAMA_HOST")
 GEN = os.environ.get("OLLAMA_TEST_MODEL", "tinyllama") if REAL else "tinyllama"
 EMB = os.environ.get("OLLAMA_TEST_EMBED_MODEL", "all-minilm") if REAL else "all-minilm"
@@ -229,7 +229,7 @@ def spawned(tmp_path_factory):
 
 def engine_of(srv) -> list:
     return [p for p in descendants(srv.proc.pid)
-            if "fake_ollama.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+            if "fakes/ollama.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
 
 
 def prompt_body(text="The sea", n=4):

@@ -21,9 +21,9 @@ import psutil
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..reliability_corpus import grpc_request
-from ..reliability_server import GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy, sleepy_request
+from ..support.harness import Server, write_model
+from ..support.reliability_corpus import grpc_request
+from ..support.reliability_server import GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy, sleepy_request
 
 pytest.importorskip("mlflow")
 TIMEOUT = 1.5

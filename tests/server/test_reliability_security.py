@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..reliability_corpus import grpc_request
-from ..reliability_server import GOOD_V2, HF, OFFLINE, SKLEARN, build_artefacts
-from ..s3server import moto_s3
+from ..support.harness import Server, write_model
+from ..support.reliability_corpus import grpc_request
+from ..support.reliability_server import GOOD_V2, HF, OFFLINE, SKLEARN, build_artefacts
+from ..support.s3server import moto_s3
 
 pytest.importorskip("transformers")
 

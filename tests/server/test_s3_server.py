@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..s3server import moto_s3
+from ..support.harness import Server, write_model
+from ..support.s3server import moto_s3
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
@@ -110,7 +110,7 @@ def test_download_progress_shows_in_the_server_log(s3_server):
 
 def test_mlflow_model_folder_from_an_s3_prefix(s3_server, s3, tmp_path_factory):
     """An MLmodel folder mirrored from s3://bucket/prefix/ and served by MLflowRuntime."""
-    from ..mlflow_models import MLFLOW, build
+    from ..support.mlflow_models import MLFLOW, build
 
     folder = build(tmp_path_factory.mktemp("mlflow-art"))["columns"]
     for f in folder.rglob("*"):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import grpc
-from ..models import iris_xy
+from ..support.harness import grpc
+from ..support.models import iris_xy
 
 ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 
