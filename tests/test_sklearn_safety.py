@@ -11,15 +11,13 @@ import struct
 
 import joblib
 import pytest
-from mlserver.settings import ModelParameters, ModelSettings
-from mlserver.types import InferenceRequest, InferenceResponse
 
 from modelserve.errors import BadRequest, ModelLoadError, RequestTimeout
 from modelserve.mlflow import _load_pyfunc, pickled_flavors
-from modelserve.runtime import Runtime
 from modelserve.sklearn import SKLearnRuntime
 
 from .support.models import iris_xy
+from .support.runtimes import load, nap, sleepy
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +34,17 @@ def iris_files(tmp_path_factory):
     return out
 
 
-def load_sklearn(path) -> SKLearnRuntime:
-    rt = SKLearnRuntime(ModelSettings(name="m", implementation=SKLearnRuntime,
-                                      parameters=ModelParameters(uri=str(path))))
-    asyncio.run(rt.load())
-    return rt
-
-
 @pytest.mark.parametrize("fname", ["model.joblib", "model.pkl"])
 def test_pickle_files_are_logged_as_unsafe_naming_skops(iris_files, fname, caplog):
     with caplog.at_level(logging.WARNING, logger="mlserver.modelserve"):
-        load_sklearn(iris_files / fname)
+        load(SKLearnRuntime, iris_files / fname)
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(fname in m and "pickle" in m and "skops" in m for m in warned), warned
 
 
 def test_skops_files_load_without_the_warning(iris_files, caplog):
     with caplog.at_level(logging.WARNING, logger="mlserver.modelserve"):
-        load_sklearn(iris_files / "model.skops")
+        load(SKLearnRuntime, iris_files / "model.skops")
     assert not [r for r in caplog.records if "pickle" in r.getMessage()]
 
 
@@ -77,43 +68,12 @@ def test_mlflow_pickled_model_is_logged_as_unsafe_before_loading(tmp_path, caplo
 
 
 # -- request_timeout ---------------------------------------------------------------------------------------
-class Sleepy(Runtime):
-    """Sleeps for the request's parameter ``sleep`` seconds (awaited, so cancellable)."""
-
-    async def _load(self) -> None:
-        self.finished = 0
-        self.cancelled = 0
-
-    async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
-        try:
-            await asyncio.sleep(float(payload.parameters.model_extra["sleep"]))
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        self.finished += 1
-        return InferenceResponse(model_name=self.name, outputs=[])
-
-    async def _raises_timeout(self) -> None:
-        raise TimeoutError("the engine's own client timed out")
-
-
-def sleepy(timeout=None) -> Sleepy:
-    extra = {"request_timeout": timeout} if timeout is not None else {}
-    rt = Sleepy(ModelSettings(name="slow", implementation=Sleepy, parameters=ModelParameters(extra=extra)))
-    asyncio.run(rt.load())
-    return rt
-
-
-def request(sleep: float) -> InferenceRequest:
-    return InferenceRequest(inputs=[], parameters={"sleep": sleep})
-
-
 def test_a_request_past_request_timeout_is_a_504_and_its_work_is_cancelled():
     rt = sleepy(0.2)
 
     async def run():
         with pytest.raises(RequestTimeout) as exc:
-            await rt.predict(request(5))
+            await rt.predict(nap(5))
         return exc.value
 
     err = asyncio.run(run())
@@ -123,8 +83,8 @@ def test_a_request_past_request_timeout_is_a_504_and_its_work_is_cancelled():
 
 
 def test_requests_within_the_timeout_and_without_one_are_served():
-    assert asyncio.run(sleepy(2).predict(request(0.01))).model_name == "slow"
-    assert asyncio.run(sleepy().predict(request(0.05))).model_name == "slow"
+    assert asyncio.run(sleepy(2).predict(nap(0.01))).model_name == "slow"
+    assert asyncio.run(sleepy().predict(nap(0.05))).model_name == "slow"
 
 
 def test_a_timeout_raised_inside_the_call_is_not_taken_for_ours():

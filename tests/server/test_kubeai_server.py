@@ -17,6 +17,8 @@ import requests
 from ..support.harness import Server, grpc, grpc_stream, write_model
 from ..support.hf_models import minilm_dir
 from ..support.llama_models import build_lora, build_tiny_llama
+from ..support.processes import descendants, pids_mentioning, wait_gone
+from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 
@@ -34,47 +36,6 @@ def vllm_command() -> str:
     if not os.access(cmd.split()[0], os.X_OK):
         pytest.skip("no vLLM environment: run `bash scripts/dev.sh setup` (it builds .venv-vllm)")
     return cmd
-
-
-def engine_pids(marker: str) -> list:
-    """Processes whose command line or name mentions ``marker`` (the model's folder), or VLLM workers
-    whose parent chain leads to one."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def descendants(pid: int) -> list:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            kids += [int(entry), *descendants(int(entry))]
-    return kids
-
-
-def wait_gone(pids, timeout=30.0) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if Path(f"/proc/{p}").exists()
-                and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-        if not left:
-            return []
-        time.sleep(0.2)
-    return left
 
 
 @pytest.fixture(scope="session")
@@ -118,13 +79,6 @@ def llm_server(tmp_path_factory, llama):
 
 def complete(srv, model="llm", prompt=PROMPT, max_tokens=8, **kw):
     return srv.client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
-
-
-def v2(srv, model, name, rows, **params):
-    body = {"inputs": [{"name": name, "shape": [len(rows)], "datatype": "BYTES", "data": rows}]}
-    if params:
-        body["parameters"] = params
-    return srv.infer(model, body)
 
 
 # -- OpenAI routes -----------------------------------------------------------------------------------
@@ -205,7 +159,7 @@ def test_non_json_bodies_are_400(llm_server):
 
 # -- V2 ----------------------------------------------------------------------------------------------
 def test_v2_infer_equals_the_openai_completion(llm_server):
-    r = v2(llm_server, "llm", "prompt", [PROMPT, "Hello"], max_tokens=8, temperature=0)
+    r = llm_server.infer("llm", text_body([PROMPT, "Hello"], name="prompt", max_tokens=8, temperature=0))
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["name"] == "text" and out["shape"] == [2] and out["datatype"] == "BYTES"
@@ -214,7 +168,7 @@ def test_v2_infer_equals_the_openai_completion(llm_server):
 
 
 def test_v2_adapter_parameter_and_messages_input(llm_server):
-    r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=8, temperature=0, adapter="lora-a")
+    r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=8, temperature=0, adapter="lora-a"))
     assert r.json()["outputs"][0]["data"][0] == complete(llm_server, "lora-a").choices[0].text
     chat = json.dumps([{"role": "user", "content": PROMPT}])
     body = {"inputs": [{"name": "messages", "shape": [1], "datatype": "BYTES", "data": [chat]}],
@@ -237,7 +191,7 @@ def test_v2_generate_stream_pieces_add_up_to_infer(llm_server):
 
 
 def test_v2_embeddings(llm_server):
-    r = v2(llm_server, "llm-embed", "text", ["a fox", "a dog"])
+    r = llm_server.infer("llm-embed", text_body(["a fox", "a dog"]))
     out = r.json()["outputs"][0]
     assert out["name"] == "embedding" and out["shape"] == [2, 128] and out["datatype"] == "FP32"
     ref = llm_server.client.embeddings.create(model="llm-embed", input=["a fox"]).data[0].embedding
@@ -264,9 +218,9 @@ def test_v2_stream_over_grpc(llm_server):
     ([PROMPT], {"beams": 3}, 400, "unknown generation parameter 'beams'"),
 ])
 def test_bad_v2_requests_are_4xx(llm_server, rows, params, status, fragment):
-    r = v2(llm_server, "llm", "prompt", rows, **params)
+    r = llm_server.infer("llm", text_body(rows, name="prompt", **params))
     assert r.status_code == status and fragment in r.json()["error"]
-    r = v2(llm_server, "llm", "messages", ["[{\"role\": \"user\"}]"])
+    r = llm_server.infer("llm", text_body(["[{\"role\": \"user\"}]"], name="messages"))
     assert r.status_code == 400 and "needs a 'role' and a 'content'" in r.json()["error"]
 
 
@@ -299,7 +253,7 @@ def test_chat_through_the_tokenizer_template_agrees_across_backends(llm_server):
 
 
 def test_hf_vllm_backend_v2_infer(llm_server):
-    r = v2(llm_server, "hf-vllm", "prompt", [PROMPT], max_new_tokens=8, temperature=0)
+    r = llm_server.infer("hf-vllm", text_body([PROMPT], name="prompt", max_new_tokens=8, temperature=0))
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == [complete(llm_server).choices[0].text]
 
@@ -308,7 +262,7 @@ def test_openai_embeddings_from_huggingface_equal_its_v2_output(llm_server):
     texts = ["A man is eating food.", "A cheetah chases prey."]
     res = llm_server.client.embeddings.create(model="minilm", input=texts)  # the client asks for base64
     vecs = np.array([d.embedding for d in res.data])
-    v2out = v2(llm_server, "minilm", "text", texts).json()["outputs"][0]
+    v2out = llm_server.infer("minilm", text_body(texts)).json()["outputs"][0]
     assert vecs.shape == (2, 384) and np.allclose(vecs.reshape(-1), v2out["data"], atol=1e-6)
     assert res.usage.prompt_tokens > 4
     floats = requests.post(llm_server.url + "/v1/embeddings", json={"model": "minilm", "input": texts[0]},
@@ -335,7 +289,7 @@ def test_bad_requests_to_huggingface_models_are_400(llm_server, body, fragment):
 def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llama):
     before = complete(llm_server, "lora-a").choices[0].text
     ours = set(descendants(llm_server.proc.pid))
-    servers = [p for p in engine_pids("--served-model-name llm ") if p in ours and "guard.py" not in
+    servers = [p for p in pids_mentioning("--served-model-name llm ") if p in ours and "guard.py" not in
                Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
     assert len(servers) == 1, servers
     os.kill(servers[0], signal.SIGKILL)
@@ -351,7 +305,7 @@ def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llam
     assert saw_503 is not None, "no 503 while the engine was down"
     assert int(saw_503.headers["Retry-After"]) >= 1 and "engine" in saw_503.json()["error"]["message"]
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == before
-    v2r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=2)
+    v2r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=2))
     assert v2r.status_code == 200
     assert requests.get(llm_server.url + "/v2/models/llm/ready", timeout=5).status_code == 200
 
@@ -364,9 +318,9 @@ def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
     write_model(root, "solo", kubeai_settings(llama, cache_dir=str(tmp_path / "cache")))
     srv = Server(root, env={"MODELSERVE_VLLM_COMMAND": command}).start(timeout=400)
     try:
-        r = v2(srv, "solo", "prompt", [PROMPT], max_tokens=2)
+        r = srv.infer("solo", text_body([PROMPT], name="prompt", max_tokens=2))
         assert r.status_code == 200, r.text
-        guards = [p for p in engine_pids("--served-model-name solo ") if p in descendants(srv.proc.pid)
+        guards = [p for p in pids_mentioning("--served-model-name solo ") if p in descendants(srv.proc.pid)
                   and "guard.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
         assert len(guards) == 1
         tree = [guards[0], *descendants(guards[0])]
@@ -392,6 +346,6 @@ def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
         msg = r.json()["error"]
         assert "broken" in msg and "engine exited" in msg and "no-such-flag" in msg
         assert "Traceback" not in msg
-        assert [p for p in engine_pids("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
+        assert [p for p in pids_mentioning("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
     finally:
         srv.stop()

@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from ..support.harness import Server, free_port, write_model
-from .test_kubeai_server import descendants, wait_gone
+from ..support.processes import descendants, wait_gone
+from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
@@ -233,8 +234,7 @@ def engine_of(srv) -> list:
 
 
 def prompt_body(text="The sea", n=4):
-    return {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [text]}],
-            "parameters": {"max_tokens": n, **OPTS}}
+    return text_body([text], name="prompt", max_tokens=n, **OPTS)
 
 
 def test_a_started_ollama_serve_answers_and_restarts_after_a_crash(spawned):

@@ -23,7 +23,8 @@ import requests
 
 from ..support.harness import Server, write_model
 from ..support.reliability_corpus import grpc_request
-from ..support.reliability_server import GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy, sleepy_request
+from ..support.reliability_server import (GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy,
+                                          sleepy_request)
 
 pytest.importorskip("mlflow")
 TIMEOUT = 1.5
