@@ -41,6 +41,7 @@ import requests
 
 from modelserve.deploy import RUNTIMES
 
+from ..support.engine_envs import ENGINE_ENVS
 from ..support.harness import MLServerProcess, grpc
 from ..test_deploy import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins, image_keys,
                            requirement_lines, runtimes_by_name)
@@ -52,9 +53,6 @@ heavy = pytest.mark.skipif(not HEAVY, reason="heavy image tier (CUDA torch, engi
                                              "MODELSERVE_HEAVY_IMAGES=1")
 # what .dockerignore keeps out of the build context inside the folders the images copy
 CONTEXT_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-# the engines' own environments on a development machine (scripts/dev.sh), same versions as engine.txt
-ENGINE_STAND_INS = {"MODELSERVE_VLLM_COMMAND": ROOT / ".venv-vllm" / "bin" / "python",
-                    "MODELSERVE_INFINITY_COMMAND": ROOT / ".venv-infinity" / "bin" / "infinity_emb"}
 
 
 class ImageVenv:
@@ -158,9 +156,9 @@ class ImageServer(MLServerProcess):
         for name, value in list(self.env.items()):  # the image's absolute paths, under its root
             if name.startswith("MLSERVER_") and value.startswith(("/mnt/models", "/models/")):
                 self.env[name] = str(image.path(value)) + ("/" if value.endswith("/") else "")
-            elif name in ENGINE_STAND_INS and stand_ins:
+            elif name in ENGINE_ENVS and stand_ins:
                 # the development engine (CPU builds) where present, else the image's own (heavy tier)
-                stand_in, own = ENGINE_STAND_INS[name], image.path(value)
+                stand_in, own = ENGINE_ENVS[name], image.path(value)
                 self.env[name] = str(stand_in if os.access(stand_in, os.X_OK) or not own.exists() else own)
         self.env.update(MLSERVER_HTTP_PORT=str(self.http_port), MLSERVER_GRPC_PORT=str(self.grpc_port),
                         MLSERVER_METRICS_PORT=str(self.metrics_port), MLSERVER_HOST="127.0.0.1")
@@ -413,7 +411,7 @@ def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_pat
 
 def need_engine(key: str) -> None:
     """Skips unless the engine's development stand-in exists (or the heavy tier builds the image's own)."""
-    stand_in = ENGINE_STAND_INS[RUNTIMES[key].engine_env[0]]
+    stand_in = ENGINE_ENVS[RUNTIMES[key].engine_env[0]]
     if not HEAVY and not os.access(stand_in, os.X_OK):
         pytest.skip(f"no {key} engine here: `bash scripts/dev.sh setup` builds {stand_in.parent.parent.name}")
 

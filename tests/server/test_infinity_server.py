@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
+from ..support.engine_envs import engine_command
 from ..support.harness import Server, grpc, write_model
 from ..support.hf_models import minilm_dir
 from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 
-REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["A man is eating food.", "A man rides a horse.", "The new movie is awesome", "ça va? 東京"]
-
-
-def infinity_command() -> str:
-    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(REPO / ".venv-infinity" / "bin" / "infinity_emb")
-    if not os.access(cmd.split()[0], os.X_OK):
-        pytest.skip("no Infinity environment: run `bash scripts/dev.sh setup` (it builds .venv-infinity)")
-    return cmd
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +30,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    command = infinity_command()
+    command = engine_command("MODELSERVE_INFINITY_COMMAND")
     root = tmp_path_factory.mktemp("infinity-server")
     write_model(root, "emb", {"implementation": "modelserve.kubeai.KubeAIRuntime", "parallel_workers": 0,
                               "parameters": {"extra": {"engine": "Infinity", "url": str(minilm_dir()),

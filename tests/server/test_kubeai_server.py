@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from ..support.engine_envs import engine_command
 from ..support.harness import Server, grpc, grpc_stream, write_model
 from ..support.hf_models import minilm_dir
 from ..support.llama_models import build_lora, build_tiny_llama
@@ -24,18 +25,10 @@ openai = pytest.importorskip("openai")
 
 KUBEAI = "modelserve.kubeai.KubeAIRuntime"
 HF = "modelserve.huggingface.HuggingFaceRuntime"
-REPO = Path(__file__).resolve().parents[2]
 # CPU: a 64 MB KV cache (vLLM would reserve 16 GB), float32 so outputs match transformers exactly
 CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
 PLAIN_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 PROMPT = "The quick brown fox"
-
-
-def vllm_command() -> str:
-    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(REPO / ".venv-vllm" / "bin" / "python")
-    if not os.access(cmd.split()[0], os.X_OK):
-        pytest.skip("no vLLM environment: run `bash scripts/dev.sh setup` (it builds .venv-vllm)")
-    return cmd
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +48,7 @@ def kubeai_settings(llama: dict, **extra) -> dict:
 def llm_server(tmp_path_factory, llama):
     """vLLM for generation (two adapters, a chat template from `files`) and for embeddings, in one
     mlserver (parallel_workers 0: streams reach the client; gzip off: MLServer buffers V2 streams)."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path_factory.mktemp("kubeai-server")
     write_model(root, "llm", kubeai_settings(
         llama, adapters=[{"name": "lora-a", "url": str(llama["a"])}, {"name": "lora-b", "url": str(llama["b"])}],
@@ -313,7 +306,7 @@ def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llam
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
     """Default parallel workers with the model in-process (model-level parallel_workers 0)."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path / "srv"
     write_model(root, "solo", kubeai_settings(llama, cache_dir=str(tmp_path / "cache")))
     srv = Server(root, env={"MODELSERVE_VLLM_COMMAND": command}).start(timeout=400)
@@ -334,7 +327,7 @@ def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
 
 def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
     """A bad engine argument: the engine exits while starting; the load error carries its output."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path / "srv"
     write_model(root, "broken", kubeai_settings(llama, args=[*CPU_ARGS, "--no-such-flag"],
                                                 cache_dir=str(tmp_path / "cache")))
