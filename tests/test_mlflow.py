@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from mlserver.settings import ModelParameters, ModelSettings
 
-from modelserve.mlflow import MLflowRuntime
+from modelserve.mlflow import MLflowRuntime, _load_pyfunc, pickled_flavors
 
 from .support.mlflow_models import build, dict_inputs, echo_frame, params_frame
 from .support.models import iris_xy
@@ -428,6 +429,26 @@ def test_an_unknown_option_fails_the_load_naming_it(mlflow_arts):
 def test_the_uri_may_name_the_mlmodel_file(mlflow_arts):
     rt = loaded(MLflowRuntime, mlflow_arts["columns"] / "MLmodel")
     assert [i.name for i in rt.inputs] == COLUMNS
+
+
+# -- pickles ----------------------------------------------------------------------------------------
+def test_mlflow_flavours_that_unpickle_are_named():
+    assert pickled_flavors({"flavors": {"sklearn": {"serialization_format": "cloudpickle"},
+                                        "python_function": {"loader_module": "mlflow.sklearn"}}}) == [
+        "sklearn: cloudpickle"]
+    assert pickled_flavors({"flavors": {"python_function": {"python_model": "python_model.pkl"}}}) == [
+        "python_function: cloudpickled python_model"]
+    assert pickled_flavors({"flavors": {"sklearn": {"serialization_format": "skops"}}}) == []
+    assert pickled_flavors({"flavors": {"python_function": {"model_code_path": "m.py"}}}) == []
+    assert pickled_flavors(None) == [] and pickled_flavors({"flavors": "junk"}) == []
+
+
+def test_mlflow_pickled_model_is_logged_as_unsafe_before_loading(tmp_path, caplog):
+    (tmp_path / "MLmodel").write_text("flavors:\n  sklearn:\n    serialization_format: pickle\n"
+                                      "    pickled_model: model.pkl\n")
+    with caplog.at_level(logging.WARNING, logger="mlserver.modelserve"), pytest.raises(Exception):
+        _load_pyfunc("m", tmp_path)  # no loadable model here: only the warning is looked at
+    assert any("pickle" in r.getMessage() and "skops" in r.getMessage() for r in caplog.records)
 
 
 def test_importing_the_runtime_does_not_import_mlflow():

@@ -1,4 +1,5 @@
-"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server (hf://: test_hf_uri.py)."""
+"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server
+(hf://: test_storage_hf.py)."""
 
 from __future__ import annotations
 
