@@ -3,7 +3,6 @@ mlserver, serving the real all-MiniLM-L6-v2; V2 and /v1/embeddings equal sentenc
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
 
 import numpy as np

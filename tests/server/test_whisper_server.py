@@ -8,7 +8,6 @@ import base64
 import io
 import json
 
-import numpy as np
 import pytest
 import requests
 
