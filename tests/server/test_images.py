@@ -43,8 +43,8 @@ from modelserve.deploy import RUNTIMES
 
 from ..support.engine_envs import ENGINE_ENVS
 from ..support.harness import MLServerProcess, grpc
-from ..test_deploy import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins, image_keys,
-                           requirement_lines, runtimes_by_name)
+from ..support.deploy_files import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins,
+                                    image_keys, requirement_lines, runtimes_by_name)
 
 pytestmark = pytest.mark.slow
 
