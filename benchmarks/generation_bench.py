@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/generation_bench.py --quick      # a short smoke run, writes nothing
     .venv/bin/python benchmarks/generation_bench.py --max-new-tokens 64 --concurrency 1,4,8
 
-The model is the tiny random GPT-2 of the tests (``tests.hf_models.build_causal_lm``: 2 layers, 32-d, over
+The model is the tiny random GPT-2 of the tests (``tests.support.hf_models.build_causal_lm``: 2 layers, 32-d, over
 MiniLM's WordPiece vocabulary), written into a temporary folder, so the figures measure the serving path
 around ``model.generate`` far more than the model itself. Both sides run the same prompt greedily with the
 same ``max_new_tokens``:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         args.duration, args.repeats, args.warmup = 3.0, 1, 1.0
     wrk.require_wrk()
     os.environ.update(ENV)
-    from tests.hf_models import build_causal_lm
+    from tests.support.hf_models import build_causal_lm
 
     concs = [int(c) for c in args.concurrency.split(",")]
     modes = [MODES[m] for m in args.modes.split(",")]
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     summary = wrk.summarise(result)
     raw_row = tokens_summary(result, summary, raw)
     result["benchmark"] = "generation"
-    result["model"] = ("tiny random GPT2LMHeadModel (tests.hf_models.build_causal_lm: 2 layers, n_embd 32, "
+    result["model"] = ("tiny random GPT2LMHeadModel (tests.support.hf_models.build_causal_lm: 2 layers, n_embd 32, "
                        "vocab 30522, MiniLM's tokenizer)")
     result["prompt"], result["prompt_tokens"] = PROMPT, raw.prompt_len
     result["max_new_tokens"] = args.max_new_tokens

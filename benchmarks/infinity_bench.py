@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/infinity_bench.py --points 32x1,8x1,1x1,8x8 --duration 8 --repeats 5 --no-hf
 
 One ``mlserver start`` (parallel_workers 0, gzip off, as tests/server/test_infinity_server.py) serves the real
-all-MiniLM-L6-v2 (``tests.hf_models.minilm_dir()``, read offline) with ``modelserve.kubeai.KubeAIRuntime``
+all-MiniLM-L6-v2 (``tests.support.hf_models.minilm_dir()``, read offline) with ``modelserve.kubeai.KubeAIRuntime``
 ``{"engine": "Infinity", "url": <folder>}``, which starts ``infinity_emb v2 --model-id <folder>
 --served-model-name emb --url-prefix /v1 --port P --log-level warning`` from .venv-infinity
 (``$MODELSERVE_INFINITY_COMMAND``; Infinity's defaults otherwise: torch on CPU, batch size 32). That one engine
@@ -63,7 +63,7 @@ from lib.cpu import CPU, deprioritise, roles  # noqa: E402
 from lib.loadgen import closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import (  # noqa: E402
     bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
-from tests.harness import Server, write_model  # noqa: E402
+from tests.support.harness import Server, write_model  # noqa: E402
 
 MODEL, HF = "emb", "minilm"
 PATHS = ("direct", "openai", "v2", "hf")
@@ -82,7 +82,7 @@ SENTENCES = [
 
 
 def start(tmp: Path, command: str, hf: bool):
-    from tests.hf_models import minilm_dir
+    from tests.support.hf_models import minilm_dir
 
     root = tmp / "server"
     folder = minilm_dir()

@@ -41,10 +41,10 @@ import psutil  # noqa: E402
 
 from lib.cpu import machine_busy  # noqa: E402
 from lib.report import machine_info  # noqa: E402
-from tests import reliability_corpus as corpus  # noqa: E402
-from tests.harness import Server  # noqa: E402
-from tests.reliability_load import RSSSampler, load, slope_mb_per_min, tree_rss_mb  # noqa: E402
-from tests.reliability_server import GOOD_V2, OFFLINE, build_artefacts, start, write_models  # noqa: E402
+from tests.support import reliability_corpus as corpus  # noqa: E402
+from tests.support.harness import Server  # noqa: E402
+from tests.support.reliability_load import RSSSampler, load, slope_mb_per_min, tree_rss_mb  # noqa: E402
+from tests.support.reliability_server import GOOD_V2, OFFLINE, build_artefacts, start, write_models  # noqa: E402
 
 RESULTS = HERE / "results"
 LOAD_MODELS = ("iris", "minilm")

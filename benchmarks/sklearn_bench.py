@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from lib import wrk  # noqa: E402  (importing lib puts the repository on sys.path)
 from lib.report import finish, out_dir, shared_options  # noqa: E402
 from lib.wrk import MODES, InProcess, Target, Variant  # noqa: E402
-from tests.harness import write_model  # noqa: E402
+from tests.support.harness import write_model  # noqa: E402
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 REQUEST = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": ROW}],

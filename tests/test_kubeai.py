@@ -17,15 +17,7 @@ from modelserve.errors import BadRequest, ModelLoadError
 from modelserve.kubeai import KubeAIRuntime
 from modelserve.backends.engine import parse_messages
 
-
-def load_error(tmp_path: Path, uri=None, **extra) -> str:
-    extra.setdefault("cache_dir", str(tmp_path / "cache"))
-    params = ModelParameters(uri=uri, extra=extra)
-    model = KubeAIRuntime(ModelSettings(name="m", implementation=KubeAIRuntime, parameters=params,
-                                        _source=str(tmp_path / "model-settings.json")))
-    with pytest.raises(ModelLoadError) as err:
-        asyncio.run(model.load())
-    return str(err.value)
+from .support.runtimes import kubeai, load_error, text_request
 
 
 @pytest.fixture
@@ -37,8 +29,8 @@ def model_dir(tmp_path) -> Path:
 
 
 def test_engine_is_required_and_checked(tmp_path):
-    assert "option 'engine': Field required" in load_error(tmp_path, url="x")
-    msg = load_error(tmp_path, engine="TensorRT", url="x")
+    assert "option 'engine': Field required" in load_error(kubeai, tmp_path, url="x")
+    msg = load_error(kubeai, tmp_path, engine="TensorRT", url="x")
     assert "option 'engine'" in msg and "VLLM" in msg and "FasterWhisper" in msg
 
 
@@ -46,18 +38,18 @@ def test_engine_defaults_to_the_image_variable(tmp_path, monkeypatch):
     """Images set MODELSERVE_KUBEAI_ENGINE so that a model with only a uri is served; the option still wins."""
     monkeypatch.setenv("MODELSERVE_KUBEAI_ENGINE", "Infinity")
     assert "engine Infinity does not support feature TextGeneration" in load_error(
-        tmp_path, features=["TextGeneration"], url="x")
+        kubeai, tmp_path, features=["TextGeneration"], url="x")
     assert "engine VLLM does not support feature SpeechToText" in load_error(
-        tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
+        kubeai, tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
     monkeypatch.setenv("MODELSERVE_KUBEAI_ENGINE", "TensorRT")
-    msg = load_error(tmp_path, url="x")
+    msg = load_error(kubeai, tmp_path, url="x")
     assert "option 'engine'" in msg and "'TensorRT'" in msg and "FasterWhisper" in msg
 
 
 def test_a_feature_the_engine_lacks_is_refused(tmp_path):
-    msg = load_error(tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
+    msg = load_error(kubeai, tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
     assert "engine VLLM does not support feature SpeechToText" in msg
-    msg = load_error(tmp_path, engine="Infinity", features=["SpeechToText"], url="x")
+    msg = load_error(kubeai, tmp_path, engine="Infinity", features=["SpeechToText"], url="x")
     assert "engine Infinity does not support feature SpeechToText (it supports: TextEmbedding)" in msg
 
 
@@ -65,19 +57,20 @@ def test_ollama_load_refusals_name_the_problem(tmp_path, monkeypatch):
     monkeypatch.delenv("OLLAMA_HOST", raising=False)
     monkeypatch.delenv("MODELSERVE_OLLAMA_COMMAND", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert "engine OLlama takes url ollama://name[:tag]" in load_error(tmp_path, engine="OLlama", url="s3://b/m")
+    assert "engine OLlama takes url ollama://name[:tag]" in load_error(kubeai, tmp_path, engine="OLlama", url="s3://b/m")
     assert "engine OLlama takes no adapters" in load_error(
-        tmp_path, engine="OLlama", url="ollama://llama3", adapters=[{"name": "a", "url": "/x"}])
-    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3")
+        kubeai, tmp_path, engine="OLlama", url="ollama://llama3", adapters=[{"name": "a", "url": "/x"}])
+    msg = load_error(kubeai, tmp_path, engine="OLlama", url="ollama://llama3")
     assert "the Ollama engine is not installed here: set $MODELSERVE_OLLAMA_COMMAND" in msg and "OLLAMA_HOST" in msg
-    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9", args=["-v"])
+    msg = load_error(kubeai, tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9",
+                     args=["-v"])
     assert "options 'args' and 'env' are for an Ollama server we start" in msg
-    msg = load_error(tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9")
+    msg = load_error(kubeai, tmp_path, engine="OLlama", url="ollama://llama3", engine_url="http://127.0.0.1:9")
     assert "Ollama at http://127.0.0.1:9 is unreachable" in msg
 
 
 def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):
-    msg = load_error(tmp_path, engine="VLLM", features=["TextGeneration", "TextEmbedding"], url="x")
+    msg = load_error(kubeai, tmp_path, engine="VLLM", features=["TextGeneration", "TextEmbedding"], url="x")
     assert "not both" in msg
 
 
@@ -90,27 +83,27 @@ def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):
 def test_bad_model_urls_are_refused(tmp_path, url, expected, monkeypatch):
     monkeypatch.delenv("MODELSERVE_STORE_ROOT", raising=False)
     monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
-    msg = load_error(tmp_path, engine="VLLM", url=url)
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url=url)
     assert expected in msg and "url" in msg
 
 
 def test_no_url_at_all_is_refused(tmp_path):
-    assert "no model: set the option 'url'" in load_error(tmp_path, engine="VLLM")
+    assert "no model: set the option 'url'" in load_error(kubeai, tmp_path, engine="VLLM")
 
 
 def test_store_urls_resolve_under_the_store_root_and_not_outside(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/nonexistent/vllm")
     # resolved: the load goes on to the engine command, which is what fails here
-    msg = load_error(tmp_path, engine="VLLM", url="store://llama", store_root=str(tmp_path))
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url="store://llama", store_root=str(tmp_path))
     assert "vLLM engine command not found" in msg
-    msg = load_error(tmp_path, engine="VLLM", url="store://../etc", store_root=str(model_dir))
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url="store://../etc", store_root=str(model_dir))
     assert "outside the store root" in msg
 
 
 def test_a_missing_vllm_is_a_clear_load_error(tmp_path, model_dir, monkeypatch):
     monkeypatch.delenv("MODELSERVE_VLLM_COMMAND", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    msg = load_error(tmp_path, engine="VLLM", url=str(model_dir))
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url=str(model_dir))
     assert "the vLLM engine is not installed here: set $MODELSERVE_VLLM_COMMAND" in msg
 
 
@@ -122,12 +115,13 @@ def test_a_missing_vllm_is_a_clear_load_error(tmp_path, model_dir, monkeypatch):
 ])
 def test_bad_adapters_are_refused(tmp_path, model_dir, adapters, expected, monkeypatch):
     monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
-    assert expected in load_error(tmp_path, engine="VLLM", url=str(model_dir), adapters=adapters)
+    assert expected in load_error(kubeai, tmp_path, engine="VLLM", url=str(model_dir), adapters=adapters)
 
 
 def test_an_adapter_folder_without_peft_config_is_refused(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("MODELSERVE_VLLM_COMMAND", "/bin/true")
-    msg = load_error(tmp_path, engine="VLLM", url=str(model_dir), adapters=[{"name": "a", "url": str(model_dir)}])
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url=str(model_dir),
+                     adapters=[{"name": "a", "url": str(model_dir)}])
     assert "adapter 'a': no adapter_config.json" in msg
 
 
@@ -138,7 +132,7 @@ def test_an_adapter_folder_without_peft_config_is_refused(tmp_path, model_dir, m
     ("~/x", "is absolute"),
 ])
 def test_files_cannot_leave_the_working_folder(tmp_path, path, expected):
-    msg = load_error(tmp_path, engine="VLLM", url="x", files=[{"path": path, "content": "x"}])
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url="x", files=[{"path": path, "content": "x"}])
     assert expected in msg
     assert not (tmp_path / "escape.txt").exists()
 
@@ -166,16 +160,16 @@ def test_files_do_not_follow_a_symlink_out(tmp_path):
     ({"replica": 1}, "unknown option 'scaling.replica'"),
 ])
 def test_scaling_is_validated(tmp_path, scaling, expected):
-    assert expected in load_error(tmp_path, engine="VLLM", url="x", scaling=scaling)
+    assert expected in load_error(kubeai, tmp_path, engine="VLLM", url="x", scaling=scaling)
 
 
 def test_processors_and_cache_profile_are_validated(tmp_path):
-    assert "option 'processors'" in load_error(tmp_path, engine="VLLM", url="x", processors="lots of gpus")
-    assert "option 'cache_profile'" in load_error(tmp_path, engine="VLLM", url="x", cache_profile="Not_DNS")
+    assert "option 'processors'" in load_error(kubeai, tmp_path, engine="VLLM", url="x", processors="lots of gpus")
+    assert "option 'cache_profile'" in load_error(kubeai, tmp_path, engine="VLLM", url="x", cache_profile="Not_DNS")
 
 
 def test_unknown_options_are_refused_naming_the_known_ones(tmp_path):
-    msg = load_error(tmp_path, engine="VLLM", url="x", adaptors=[])
+    msg = load_error(kubeai, tmp_path, engine="VLLM", url="x", adaptors=[])
     assert "unknown option 'adaptors'" in msg and "adapters" in msg
 
 
@@ -234,22 +228,8 @@ def test_malformed_messages_are_400s(text, expected):
     assert expected in str(err.value)
 
 
-# -- against a stand-in `vllm` CLI (tests/engines/fake_vllm.py): the command line, env, files, attach ----------
-FAKE_VLLM = Path(__file__).parent / "engines" / "fake_vllm.py"
-
-
-def runtime(tmp_path: Path, **extra) -> KubeAIRuntime:
-    extra.setdefault("cache_dir", str(tmp_path / "cache"))
-    params = ModelParameters(extra=extra)
-    return KubeAIRuntime(ModelSettings(name="m", implementation=KubeAIRuntime, parameters=params,
-                                       _source=str(tmp_path / "model-settings.json")))
-
-
-def prompt_request(text: str, **params):
-    from mlserver.types import InferenceRequest, Parameters, RequestInput
-
-    return InferenceRequest(inputs=[RequestInput(name="prompt", shape=[1], datatype="BYTES", data=[text])],
-                            parameters=Parameters(**params) if params else None)
+# -- against a stand-in `vllm` CLI (tests/fakes/vllm.py): the command line, env, files, attach ----------
+FAKE_VLLM = Path(__file__).parent / "fakes" / "vllm.py"
 
 
 def test_the_engine_gets_our_arguments_then_the_users_and_the_env_and_files(tmp_path, model_dir):
@@ -260,17 +240,17 @@ def test_the_engine_gets_our_arguments_then_the_users_and_the_env_and_files(tmp_
     (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 16}')
 
     async def run():
-        rt = runtime(tmp_path, engine="VLLM", url=str(model_dir), engine_command=str(FAKE_VLLM),
+        rt = kubeai(tmp_path, engine="VLLM", url=str(model_dir), engine_command=str(FAKE_VLLM),
                      adapters=[{"name": "sql", "url": str(adapter)}], args=["--max-model-len", "128"],
                      env={"FOO": "bar"}, files=[{"path": "templates/chat.jinja", "content": "{{ x }}"}],
                      max_tokens=7)
         await rt.load()
         try:
             debug = await asyncio.to_thread(lambda: requests.get(rt.backend.engine.base_url() + "/debug", timeout=5).json())
-            texts = [(await rt.predict(prompt_request("hi", **p))).outputs[0].data.root[0]
+            texts = [(await rt.predict(text_request(["hi"], name="prompt", **p))).outputs[0].data.root[0]
                      for p in ({}, {"adapter": "sql", "max_tokens": 5})]
             with pytest.raises(BadRequest, match="unknown adapter 'nope'"):
-                await rt.predict(prompt_request("hi", adapter="nope"))
+                await rt.predict(text_request(["hi"], name="prompt", adapter="nope"))
             tmp = debug["env"]["TMPDIR"]
             assert os.path.isdir(tmp)
         finally:
@@ -301,10 +281,10 @@ def test_attaching_to_a_running_engine(tmp_path):
                              str(port), "--served-model-name", "m"], stdout=subprocess.DEVNULL)
     try:
         async def run(url):
-            rt = runtime(tmp_path, engine="VLLM", engine_url=url)
+            rt = kubeai(tmp_path, engine="VLLM", engine_url=url)
             await rt.load()
             try:
-                return (await rt.predict(prompt_request("hi"))).outputs[0].data.root[0]
+                return (await rt.predict(text_request(["hi"], name="prompt"))).outputs[0].data.root[0]
             finally:
                 await rt.unload()
 
@@ -319,12 +299,12 @@ def test_attaching_to_a_running_engine(tmp_path):
                 time.sleep(0.1)
         assert asyncio.run(run(f"http://127.0.0.1:{port}")) == b"m:hi:256"
         assert proc.poll() is None  # an attached engine is not ours to stop
-        msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}",
+        msg = load_error(kubeai, tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}",
                          adapters=[{"name": "sql", "url": "s3://not/resolved/when/attached"}])
         assert "does not serve adapter 'sql'" in msg
     finally:
         proc.kill()
-    msg = load_error(tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}")
+    msg = load_error(kubeai, tmp_path, engine="VLLM", engine_url=f"http://127.0.0.1:{port}")
     assert f"engine_url http://127.0.0.1:{port}" in msg
 
 
@@ -340,9 +320,9 @@ def test_infinity_command_line_and_its_refusals(tmp_path, model_dir, monkeypatch
     assert infinity.launch(["/opt/inf/bin/infinity_emb"]) == ["/opt/inf/bin/infinity_emb", "v2"]
     monkeypatch.delenv("MODELSERVE_INFINITY_COMMAND", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    msg = load_error(tmp_path, engine="Infinity", url=str(model_dir))
+    msg = load_error(kubeai, tmp_path, engine="Infinity", url=str(model_dir))
     assert "the Infinity engine is not installed here: set $MODELSERVE_INFINITY_COMMAND" in msg
-    msg = load_error(tmp_path, engine="Infinity", url=str(model_dir), engine_command="/bin/true",
+    msg = load_error(kubeai, tmp_path, engine="Infinity", url=str(model_dir), engine_command="/bin/true",
                      adapters=[{"name": "a", "url": str(model_dir)}])
     assert "engine Infinity does not take adapters" in msg
 

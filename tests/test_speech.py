@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import functools
 
 import numpy as np
 import pytest
-from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import RequestInput
 
 from modelserve.engines.whisper import parse_args, transcribe_options
-from modelserve.errors import BadRequest, ModelLoadError
-from modelserve.kubeai import KubeAIRuntime
+from modelserve.errors import BadRequest
 from modelserve.backends.speech import subtitles
 from modelserve.codecs.audio import audio_rows
+
+from .support.runtimes import kubeai, load_error
 
 pytest.importorskip("faster_whisper")
 
 
-def load_error(tmp_path, **extra) -> str:
-    extra.setdefault("cache_dir", str(tmp_path / "cache"))
-    model = KubeAIRuntime(ModelSettings(name="w", implementation=KubeAIRuntime, parameters=ModelParameters(
-        extra={"engine": "FasterWhisper", **extra}), _source=str(tmp_path / "model-settings.json")))
-    with pytest.raises(ModelLoadError) as err:
-        asyncio.run(model.load())
-    return str(err.value)
+# a FasterWhisper model named 'w' whose model-settings.json would lie in the folder given
+whisper = functools.partial(kubeai, name="w", engine="FasterWhisper")
 
 
 def test_a_folder_that_is_not_a_ctranslate2_whisper_fails_the_load(tmp_path):
     (tmp_path / "m").mkdir()
-    assert "is not a CTranslate2 Whisper folder (no model.bin)" in load_error(tmp_path, url=str(tmp_path / "m"))
+    msg = load_error(whisper, tmp_path, url=str(tmp_path / "m"))
+    assert "is not a CTranslate2 Whisper folder (no model.bin)" in msg
     (tmp_path / "m" / "model.bin").write_bytes(b"junk")
-    assert "has no tokenizer.json" in load_error(tmp_path, url=str(tmp_path / "m"))
+    assert "has no tokenizer.json" in load_error(whisper, tmp_path, url=str(tmp_path / "m"))
     (tmp_path / "m" / "tokenizer.json").write_text("{}")
-    assert "faster-whisper could not load" in load_error(tmp_path, url=str(tmp_path / "m"))
+    assert "faster-whisper could not load" in load_error(whisper, tmp_path, url=str(tmp_path / "m"))
 
 
 @pytest.mark.parametrize("extra,fragment", [
@@ -47,7 +43,7 @@ def test_a_folder_that_is_not_a_ctranslate2_whisper_fails_the_load(tmp_path):
 ])
 def test_options_that_cannot_apply_in_process_are_refused(tmp_path, extra, fragment):
     (tmp_path / "m").mkdir()
-    assert fragment in load_error(tmp_path, url=str(tmp_path / "m"), **extra)
+    assert fragment in load_error(whisper, tmp_path, url=str(tmp_path / "m"), **extra)
 
 
 def test_args_become_whispermodel_settings():

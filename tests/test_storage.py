@@ -1,4 +1,5 @@
-"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server (hf://: test_hf_uri.py)."""
+"""storage.resolve: local paths, file://, pvc:// and s3:// against a real (moto) S3 server
+(hf://: test_storage_hf.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from modelserve.storage import s3 as storage_s3
 from modelserve.errors import ModelLoadError
 from modelserve.sklearn import WELLKNOWN
 
-from .harness import free_port
-from .s3server import S3Server, moto_s3
-
-IMPL = "modelserve.sklearn.SKLearnRuntime"
+from .support.harness import free_port
+from .support.runtimes import SKLEARN, model_settings, resolve_error
+from .support.s3server import S3Server, moto_s3
 
 
 # -- helpers and fixtures ----------------------------------------------------------------------------
@@ -35,24 +35,8 @@ def settings_file(folder: Path, uri=None, name="m") -> ModelSettings:
     folder.mkdir(parents=True, exist_ok=True)
     params = {"uri": uri} if uri is not None else {}
     path = folder / "model-settings.json"
-    path.write_text(json.dumps({"name": name, "implementation": IMPL, "parameters": params}))
+    path.write_text(json.dumps({"name": name, "implementation": SKLEARN, "parameters": params}))
     return load_model_settings(str(path))
-
-
-def settings(uri, source=None, name="m") -> ModelSettings:
-    obj = {"name": name, "implementation": IMPL, "parameters": {"uri": uri}}
-    if source is not None:
-        obj["_source"] = str(source)
-    return ModelSettings.model_validate(obj)
-
-
-def load_error(uri, **kw) -> str:
-    with pytest.raises(ModelLoadError) as info:
-        storage.resolve(settings(uri), **kw)
-    assert info.value.status_code == 422
-    msg = str(info.value)
-    assert msg.startswith("model 'm' failed to load: ") and "\n" not in msg
-    return msg
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +138,7 @@ def test_no_uri_means_the_model_folder_as_mlserver_does(tmp_path):
 
 
 def test_uri_not_set_at_all_is_refused(tmp_path):
-    s = ModelSettings.model_validate({"name": "m", "implementation": IMPL, "parameters": {}})
+    s = ModelSettings.model_validate({"name": "m", "implementation": SKLEARN, "parameters": {}})
     with pytest.raises(ModelLoadError, match="parameters.uri is not set"):
         storage.resolve(s)
 
@@ -175,10 +159,10 @@ def test_file_uris(tmp_path):
     (folder / "art" / "model.joblib").write_bytes(b"x")
     source = folder / "model-settings.json"
     target = folder / "art" / "model.joblib"
-    assert storage.resolve(settings(f"file://{folder}/art", source), WELLKNOWN) == target
-    assert storage.resolve(settings(f"file://localhost{folder}/art/model.joblib", source)) == target
-    assert storage.resolve(settings("file://./art", source), WELLKNOWN) == target  # relative
-    assert storage.resolve(settings("FILE://art/model.joblib", source)) == target
+    assert storage.resolve(model_settings(f"file://{folder}/art", source=source), WELLKNOWN) == target
+    assert storage.resolve(model_settings(f"file://localhost{folder}/art/model.joblib", source=source)) == target
+    assert storage.resolve(model_settings("file://./art", source=source), WELLKNOWN) == target  # relative
+    assert storage.resolve(model_settings("FILE://art/model.joblib", source=source)) == target
 
 
 def test_local_names_with_url_characters(tmp_path):
@@ -187,14 +171,14 @@ def test_local_names_with_url_characters(tmp_path):
     for name in ("model#1.joblib", "model?v=2.joblib", "a;b c.joblib"):
         (folder / name).write_bytes(b"x")
         source = folder / "model-settings.json"
-        assert storage.resolve(settings(f"./{name}", source)) == folder / name
-        assert storage.resolve(settings(f"file://{folder}/{name}", source)) == folder / name
+        assert storage.resolve(model_settings(f"./{name}", source=source)) == folder / name
+        assert storage.resolve(model_settings(f"file://{folder}/{name}", source=source)) == folder / name
 
 
 @pytest.mark.parametrize("uri", ["gs://bucket/model.joblib", "http://example.com/model.joblib",
                                  "https://example.com/m", "hdfs://nn/models/m", "az://c/m"])
 def test_other_schemes_are_refused_listing_the_supported_ones(uri):
-    msg = load_error(uri)
+    msg = resolve_error(uri)
     scheme = uri.split("://")[0]
     assert f"unsupported URI scheme '{scheme}://'" in msg and uri in msg
     for supported in ("local path", "file://", "s3://bucket/key", "pvc://claim/path", "hf://org/name[@revision]"):
@@ -208,9 +192,9 @@ def test_pvc_resolves_under_the_root_given_by_the_option(tmp_path, monkeypatch):
     (root / "models" / "iris" / "model.joblib").write_bytes(b"x")
     monkeypatch.setenv("MODELSERVE_PVC_ROOT", str(tmp_path / "not-this-one"))
     # KServe mounts the claim itself at the root: the claim name is not part of the path
-    got = storage.resolve(settings("pvc://my-claim/models/iris"), WELLKNOWN, pvc_root=str(root))
+    got = storage.resolve(model_settings("pvc://my-claim/models/iris"), WELLKNOWN, pvc_root=str(root))
     assert got == root / "models" / "iris" / "model.joblib"
-    got = storage.resolve(settings("pvc://my-claim/models/iris/model.joblib"), pvc_root=str(root))
+    got = storage.resolve(model_settings("pvc://my-claim/models/iris/model.joblib"), pvc_root=str(root))
     assert got == root / "models" / "iris" / "model.joblib"
 
 
@@ -219,13 +203,13 @@ def test_pvc_root_from_the_environment(tmp_path, monkeypatch):
     (root / "iris").mkdir(parents=True)
     (root / "iris" / "MLmodel").write_text("x")
     monkeypatch.setenv("MODELSERVE_PVC_ROOT", str(root))
-    assert storage.resolve(settings("pvc://claim/iris/"), WELLKNOWN) == root / "iris"
-    assert storage.resolve(settings("pvc://claim"), WELLKNOWN) == root  # the whole claim
+    assert storage.resolve(model_settings("pvc://claim/iris/"), WELLKNOWN) == root / "iris"
+    assert storage.resolve(model_settings("pvc://claim"), WELLKNOWN) == root  # the whole claim
 
 
 def test_pvc_default_root_is_kserves_mount_point(monkeypatch):
     monkeypatch.delenv("MODELSERVE_PVC_ROOT", raising=False)
-    msg = load_error("pvc://claim/nowhere-" + uuid.uuid4().hex)
+    msg = resolve_error("pvc://claim/nowhere-" + uuid.uuid4().hex)
     assert "/mnt/pvc/nowhere-" in msg
 
 
@@ -233,20 +217,20 @@ def test_pvc_one_folder_per_claim_under_the_root_works_too(tmp_path):
     root = tmp_path / "pvc"
     (root / "claim-a" / "iris").mkdir(parents=True)
     (root / "claim-a" / "iris" / "model.pkl").write_bytes(b"x")
-    got = storage.resolve(settings("pvc://claim-a/iris"), WELLKNOWN, pvc_root=str(root))
+    got = storage.resolve(model_settings("pvc://claim-a/iris"), WELLKNOWN, pvc_root=str(root))
     assert got == root / "claim-a" / "iris" / "model.pkl"
 
 
 def test_pvc_missing_path_and_escapes(tmp_path):
     root = tmp_path / "pvc"
     root.mkdir()
-    msg = load_error("pvc://claim/models/iris", pvc_root=str(root))
+    msg = resolve_error("pvc://claim/models/iris", pvc_root=str(root))
     assert str(root / "models" / "iris") in msg and "pvc://claim/models/iris" in msg
     assert "pvc_root" in msg and "MODELSERVE_PVC_ROOT" in msg
     (tmp_path / "secret").write_text("x")
-    msg = load_error("pvc://claim/../secret", pvc_root=str(root))
+    msg = resolve_error("pvc://claim/../secret", pvc_root=str(root))
     assert "outside" in msg
-    msg = load_error("pvc:///models/iris", pvc_root=str(root))
+    msg = resolve_error("pvc:///models/iris", pvc_root=str(root))
     assert "no claim name" in msg
 
 
@@ -254,7 +238,7 @@ def test_pvc_missing_path_and_escapes(tmp_path):
 def test_s3_single_object(s3env, prefix, tmp_path):
     uri = s3env.put(f"{prefix}/iris/model.joblib", b"the model bytes")
     s3env.put(f"{prefix}/iris/other.txt", b"not wanted")
-    got = storage.resolve(settings(uri), WELLKNOWN)
+    got = storage.resolve(model_settings(uri), WELLKNOWN)
     assert got.name == "model.joblib" and got.read_bytes() == b"the model bytes"
     assert got.is_relative_to(tmp_path / "cache")
     assert not (got.parent / "other.txt").exists()
@@ -267,9 +251,9 @@ def test_s3_prefix_is_a_folder_with_nested_keys(s3env, prefix):
     s3env.put(f"{prefix}/iris/empty/", b"")
     s3env.put(f"{prefix}/iris-other/model.joblib", b"sibling")
     for uri in (f"s3://models/{prefix}/iris/", f"s3://models/{prefix}/iris"):
-        got = storage.resolve(settings(uri), WELLKNOWN)
+        got = storage.resolve(model_settings(uri), WELLKNOWN)
         assert got.name == "model.joblib" and got.read_bytes() == b"model"
-        folder = storage.resolve(settings(uri))
+        folder = storage.resolve(model_settings(uri))
         assert folder.is_dir() and folder == got.parent
         assert (folder / "sub" / "deeper" / "weights.bin").read_bytes() == b"weights"
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
@@ -282,16 +266,16 @@ def test_s3_whole_bucket(s3env):
     s3env.client().create_bucket(Bucket=bucket)
     s3env.put("model.joblib", b"root model", bucket=bucket)
     for uri in (f"s3://{bucket}", f"s3://{bucket}/"):
-        got = storage.resolve(settings(uri), WELLKNOWN)
+        got = storage.resolve(model_settings(uri), WELLKNOWN)
         assert got.name == "model.joblib" and got.read_bytes() == b"root model"
 
 
 def test_s3_key_named_model_does_not_match_model2(s3env, prefix):
     s3env.put(f"{prefix}/model2.pkl", b"other model")
-    msg = load_error(f"s3://models/{prefix}/model")
+    msg = resolve_error(f"s3://models/{prefix}/model")
     assert f"s3://models/{prefix}/model" in msg and "not found" in msg
     s3env.put(f"{prefix}/model/model.pkl", b"this model")
-    got = storage.resolve(settings(f"s3://models/{prefix}/model"), WELLKNOWN)
+    got = storage.resolve(model_settings(f"s3://models/{prefix}/model"), WELLKNOWN)
     assert got.read_bytes() == b"this model"
     assert sorted(p.name for p in got.parent.iterdir() if not p.name.startswith(".")) == ["model.pkl"]
 
@@ -299,38 +283,38 @@ def test_s3_key_named_model_does_not_match_model2(s3env, prefix):
 def test_s3_object_and_prefix_of_the_same_name(s3env, prefix):
     s3env.put(f"{prefix}/iris", b"an object named iris")
     s3env.put(f"{prefix}/iris/model.joblib", b"model")
-    got = storage.resolve(settings(f"s3://models/{prefix}/iris"), WELLKNOWN)
+    got = storage.resolve(model_settings(f"s3://models/{prefix}/iris"), WELLKNOWN)
     assert got.is_file() and got.read_bytes() == b"an object named iris"
-    got = storage.resolve(settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)  # the slash asks for the folder
+    got = storage.resolve(model_settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)  # the slash asks for the folder
     assert got.name == "model.joblib" and got.read_bytes() == b"model"
 
 
 def test_s3_keys_with_url_characters(s3env, prefix):
     for key in (f"{prefix}/v#1/model.joblib", f"{prefix}/a?b=c/model.joblib", f"{prefix}/with space/model.joblib"):
         uri = s3env.put(key, key.encode())
-        assert storage.resolve(settings(uri)).read_bytes() == key.encode()
-        assert storage.resolve(settings(uri.rsplit("/", 1)[0]), WELLKNOWN).read_bytes() == key.encode()
+        assert storage.resolve(model_settings(uri)).read_bytes() == key.encode()
+        assert storage.resolve(model_settings(uri.rsplit("/", 1)[0]), WELLKNOWN).read_bytes() == key.encode()
 
 
 def test_s3_missing_object_bucket_and_bucket_name(s3env, prefix):
-    msg = load_error(f"s3://models/{prefix}/nope/model.joblib")
+    msg = resolve_error(f"s3://models/{prefix}/nope/model.joblib")
     assert f"s3://models/{prefix}/nope/model.joblib" in msg and "not found" in msg
-    msg = load_error(f"s3://no-such-bucket-{prefix}/model.joblib")
+    msg = resolve_error(f"s3://no-such-bucket-{prefix}/model.joblib")
     assert f"s3://no-such-bucket-{prefix}/model.joblib" in msg and "does not exist" in msg
-    assert "no bucket" in load_error("s3:///model.joblib")
+    assert "no bucket" in resolve_error("s3:///model.joblib")
 
 
 def test_s3_missing_credentials(s3env, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    msg = load_error("s3://models/any/model.joblib")
+    msg = resolve_error("s3://models/any/model.joblib")
     assert "credentials" in msg and "AWS_ACCESS_KEY_ID" in msg
 
 
 def test_s3_unreachable_endpoint_without_a_cached_copy(s3env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    msg = load_error("s3://models/any/model.joblib")
+    msg = resolve_error("s3://models/any/model.joblib")
     assert "cannot reach S3" in msg and "s3://models/any/model.joblib" in msg
 
 
@@ -339,14 +323,14 @@ def test_s3_unreachable_endpoint_falls_back_on_the_cached_copy(s3env, monkeypatc
     with moto_s3(tmp_path / "moto-down") as down:  # a server of its own, to stop
         monkeypatch.setenv("AWS_ENDPOINT_URL", down.endpoint)
         uri = down.put("iris/model.joblib", b"cached")
-        first = storage.resolve(settings(uri))
+        first = storage.resolve(model_settings(uri))
     with caplog.at_level(logging.WARNING, logger="mlserver.modelserve.storage"):
-        assert storage.resolve(settings(uri)) == first
+        assert storage.resolve(model_settings(uri)) == first
     assert first.read_bytes() == b"cached"
     assert "cannot reach S3" in caplog.text and "using the copy" in caplog.text
     # the cache is per endpoint: the same bucket and key elsewhere has no copy
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    assert "cannot reach S3" in load_error(uri)
+    assert "cannot reach S3" in resolve_error(uri)
 
 
 def test_kserve_s3_endpoint_variables(s3env, prefix, monkeypatch):
@@ -354,7 +338,7 @@ def test_kserve_s3_endpoint_variables(s3env, prefix, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     monkeypatch.setenv("S3_ENDPOINT", s3env.endpoint.split("://", 1)[1])
     monkeypatch.setenv("S3_USE_HTTPS", "0")
-    assert storage.resolve(settings(uri)).read_bytes() == b"via S3_ENDPOINT"
+    assert storage.resolve(model_settings(uri)).read_bytes() == b"via S3_ENDPOINT"
     monkeypatch.delenv("S3_USE_HTTPS")
     assert storage_s3._s3_client().meta.endpoint_url == "https://" + s3env.endpoint.split("://", 1)[1]
     monkeypatch.setenv("S3_USE_HTTPS", "false")
@@ -368,44 +352,44 @@ def test_kserve_s3_endpoint_variables(s3env, prefix, monkeypatch):
 # -- the cache ---------------------------------------------------------------------------------------
 def test_cache_hit_does_not_download_again(s3env, prefix, spy, caplog):
     uri = s3env.put(f"{prefix}/iris/model.joblib", b"v1")
-    first = storage.resolve(settings(uri), WELLKNOWN)
+    first = storage.resolve(model_settings(uri), WELLKNOWN)
     stamp = first.stat().st_mtime_ns, first.stat().st_ino
     assert spy.calls == [f"{prefix}/iris/model.joblib"]
     with caplog.at_level(logging.INFO, logger="mlserver.modelserve.storage"):
-        second = storage.resolve(settings(uri), WELLKNOWN)
+        second = storage.resolve(model_settings(uri), WELLKNOWN)
     assert second == first and (second.stat().st_mtime_ns, second.stat().st_ino) == stamp
     assert len(spy.calls) == 1
     assert "found in the cache" in caplog.text
     # the prefix is its own entry
-    storage.resolve(settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)
-    storage.resolve(settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)
+    storage.resolve(model_settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)
+    storage.resolve(model_settings(f"s3://models/{prefix}/iris/"), WELLKNOWN)
     assert len(spy.calls) == 2
 
 
 def test_cache_dir_option_beats_the_environment(s3env, prefix, tmp_path):
     uri = s3env.put(f"{prefix}/model.joblib", b"x")
-    got = storage.resolve(settings(uri), cache_dir=str(tmp_path / "opt"))
+    got = storage.resolve(model_settings(uri), cache_dir=str(tmp_path / "opt"))
     assert got.is_relative_to(tmp_path / "opt") and not (tmp_path / "cache").exists()
 
 
 def test_cache_refreshes_when_the_object_changes(s3env, prefix, spy, tmp_path):
     uri = s3env.put(f"{prefix}/model.joblib", b"version 1")
-    assert storage.resolve(settings(uri)).read_bytes() == b"version 1"
+    assert storage.resolve(model_settings(uri)).read_bytes() == b"version 1"
     s3env.put(f"{prefix}/model.joblib", b"version 2")  # same size, new ETag
-    got = storage.resolve(settings(uri))
+    got = storage.resolve(model_settings(uri))
     assert got.read_bytes() == b"version 2" and len(spy.calls) == 2
     assert leftovers(tmp_path / "cache") == []
-    assert storage.resolve(settings(uri)).read_bytes() == b"version 2" and len(spy.calls) == 2
+    assert storage.resolve(model_settings(uri)).read_bytes() == b"version 2" and len(spy.calls) == 2
 
 
 def test_cache_refreshes_when_a_prefix_gains_or_loses_a_file(s3env, prefix, spy):
     uri = f"s3://models/{prefix}/m/"
     s3env.put(f"{prefix}/m/model.joblib", b"model")
-    folder = storage.resolve(settings(uri))
+    folder = storage.resolve(model_settings(uri))
     s3env.put(f"{prefix}/m/extra.txt", b"new")
-    assert (storage.resolve(settings(uri)) / "extra.txt").read_bytes() == b"new"
+    assert (storage.resolve(model_settings(uri)) / "extra.txt").read_bytes() == b"new"
     s3env.delete(f"{prefix}/m/extra.txt")
-    assert not (storage.resolve(settings(uri)) / "extra.txt").exists()
+    assert not (storage.resolve(model_settings(uri)) / "extra.txt").exists()
     assert (folder / "model.joblib").read_bytes() == b"model"
 
 
@@ -413,21 +397,21 @@ def test_cache_entry_damaged_on_disk_is_downloaded_again(s3env, prefix, spy):
     uri = f"s3://models/{prefix}/m/"
     s3env.put(f"{prefix}/m/model.joblib", b"model")
     s3env.put(f"{prefix}/m/tokenizer.json", b"{}")
-    folder = storage.resolve(settings(uri))
+    folder = storage.resolve(model_settings(uri))
     (folder / "tokenizer.json").unlink()
-    assert (storage.resolve(settings(uri)) / "tokenizer.json").read_bytes() == b"{}"
+    assert (storage.resolve(model_settings(uri)) / "tokenizer.json").read_bytes() == b"{}"
     assert len(spy.calls) == 4
     (folder / "model.joblib").write_bytes(b"mod")  # truncated
-    assert (storage.resolve(settings(uri)) / "model.joblib").read_bytes() == b"model"
+    assert (storage.resolve(model_settings(uri)) / "model.joblib").read_bytes() == b"model"
     (folder / ".modelserve-complete").unlink()  # an entry without its marker is never trusted
-    assert (storage.resolve(settings(uri)) / "model.joblib").read_bytes() == b"model"
+    assert (storage.resolve(model_settings(uri)) / "model.joblib").read_bytes() == b"model"
     assert len(spy.calls) == 8
 
 
 def test_unusable_cache_folder_is_a_clear_error(s3env, prefix, tmp_path):
     uri = s3env.put(f"{prefix}/model.joblib", b"x")
     (tmp_path / "a-file").write_text("x")
-    msg = load_error(uri, cache_dir=str(tmp_path / "a-file" / "cache"))
+    msg = resolve_error(uri, cache_dir=str(tmp_path / "a-file" / "cache"))
     assert str(tmp_path / "a-file") in msg and "cache_dir" in msg and "MODELSERVE_CACHE_DIR" in msg
 
 
@@ -435,7 +419,7 @@ def test_download_logs_progress(s3env, prefix, monkeypatch, caplog):
     monkeypatch.setattr(storage_s3, "PROGRESS_SECONDS", 0.0)
     uri = s3env.put(f"{prefix}/big/model.joblib", os.urandom(300_000))
     with caplog.at_level(logging.INFO, logger="mlserver.modelserve.storage"):
-        storage.resolve(settings(uri))
+        storage.resolve(model_settings(uri))
     text = caplog.text
     assert f"downloading {uri} (1 file(s), 0.3 MB)" in text
     assert "100%" in text and f"downloaded {uri}" in text
@@ -453,13 +437,13 @@ def test_interrupted_download_leaves_nothing_trusted_and_a_retry_succeeds(s3env,
             raise ConnectionResetError("connection reset by peer")
 
     spy.hook = break_second
-    msg = load_error(uri)
+    msg = resolve_error(uri)
     assert uri in msg and "download failed" in msg and "connection reset" in msg
     cache = tmp_path / "cache"
     assert leftovers(cache) == []
     assert not [p for p in (cache / "s3").iterdir() if not p.name.startswith(".")]  # no entry at all
     spy.hook = None
-    got = storage.resolve(settings(uri), WELLKNOWN)
+    got = storage.resolve(model_settings(uri), WELLKNOWN)
     assert got.read_bytes() == b"model bytes" * 1000
     assert (got.parent / "a-config.json").read_bytes() == b'{"a": 1}'
     assert len(spy.calls) == 4
@@ -473,10 +457,10 @@ def test_object_changing_size_during_download_is_not_trusted(s3env, prefix, spy,
             s3env.put(key, b"much longer now")
 
     spy.hook = grow
-    msg = load_error(uri)
+    msg = resolve_error(uri)
     assert "got 15 bytes" in msg and "the listing said 5" in msg
     spy.hook = None
-    assert storage.resolve(settings(uri)).read_bytes() == b"much longer now"
+    assert storage.resolve(model_settings(uri)).read_bytes() == b"much longer now"
 
 
 def test_download_corrupted_in_transit_is_never_cached_and_a_retry_succeeds(s3env, prefix, tmp_path, monkeypatch):
@@ -497,12 +481,12 @@ def test_download_corrupted_in_transit_is_never_cached_and_a_retry_succeeds(s3en
         return c
 
     monkeypatch.setattr(storage_s3, "_s3_client", client)
-    msg = load_error(uri)
+    msg = resolve_error(uri)
     assert "model.joblib: the downloaded bytes do not match the object's ETag" in msg
     cache = tmp_path / "cache"
     assert leftovers(cache) == [] and not [p for p in (cache / "s3").iterdir() if not p.name.startswith(".")]
     corrupt[0] = False
-    assert storage.resolve(settings(uri), WELLKNOWN).read_bytes() == b"model bytes" * 1000
+    assert storage.resolve(model_settings(uri), WELLKNOWN).read_bytes() == b"model bytes" * 1000
 
 
 def test_multipart_etags_are_not_taken_for_an_md5(s3env, prefix):
@@ -516,7 +500,7 @@ def test_multipart_etags_are_not_taken_for_an_md5(s3env, prefix):
                                                      multipart_chunksize=5 * 1024 * 1024))
     etag = s3env.client().head_object(Bucket="models", Key=key)["ETag"]
     assert "-" in etag  # a multipart upload
-    assert storage.resolve(settings(f"s3://models/{key}")).read_bytes() == body
+    assert storage.resolve(model_settings(f"s3://models/{key}")).read_bytes() == body
 
 
 KILLED_CHILD = textwrap.dedent("""
@@ -565,7 +549,7 @@ def test_killed_download_is_ignored_and_its_folder_swept_once_abandoned(s3env, p
     (fake / "model.joblib").write_bytes(b"evil")
     (fake / ".modelserve-complete").write_text("[]")
 
-    got = storage.resolve(settings(uri), WELLKNOWN)
+    got = storage.resolve(model_settings(uri), WELLKNOWN)
     assert got.read_bytes() == b"full model"
     assert stale[0].exists() and fake.exists()  # fresh: they may belong to a live loader
     old = time.time() - 2 * storage_s3.STALE_SECONDS
@@ -573,7 +557,7 @@ def test_killed_download_is_ignored_and_its_folder_swept_once_abandoned(s3env, p
         for p in [folder, *folder.rglob("*")]:
             os.utime(p, (old, old))
     s3env.put(f"{prefix}/m/model.joblib", b"full model v2")  # the next download sweeps
-    assert storage.resolve(settings(uri), WELLKNOWN).read_bytes() == b"full model v2"
+    assert storage.resolve(model_settings(uri), WELLKNOWN).read_bytes() == b"full model v2"
     assert not stale[0].exists() and not fake.exists()
     assert leftovers(tmp_path / "cache") == []
 
@@ -587,7 +571,7 @@ def test_concurrent_loaders_download_once(s3env, prefix, spy):
     def load():
         barrier.wait()
         try:
-            path = storage.resolve(settings(uri))
+            path = storage.resolve(model_settings(uri))
             results.append((path, path.read_bytes()))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -611,5 +595,5 @@ def test_object_key_escaping_the_folder_is_refused(s3env, prefix):
     keys = [o["Key"] for o in s3env.client().list_objects_v2(Bucket="models", Prefix=prefix)["Contents"]]
     if f"{prefix}/m/../../escape.txt" not in keys:
         pytest.skip(f"the S3 server normalised the key: {keys}")
-    msg = load_error(f"s3://models/{prefix}/m/")
+    msg = resolve_error(f"s3://models/{prefix}/m/")
     assert "escapes the download folder" in msg

@@ -9,7 +9,7 @@
 - ``lib.engines``: the engine environments and ports of the KubeAI benchmarks;
 - ``lib.report``: the shared options, machine info, the results JSON, README sections, table and plot pieces.
 
-Importing it puts the repository root on sys.path, so that the test support modules (``tests.harness`` ...)
+Importing it puts the repository root on sys.path, so that the test support modules (``tests.support.harness`` ...)
 import.
 """
 

@@ -20,7 +20,7 @@ def command(variable: str, default: str, name: str) -> str:
 
 
 def start(srv, timeout: float = 400) -> tuple:
-    """Starts ``srv`` (a tests.harness.Server whose model starts an engine); returns the engine's port (from the
+    """Starts ``srv`` (a tests.support.harness.Server whose model starts an engine); returns the engine's port (from the
     mlserver log line "engine ready on port N") and the seconds it took. Stops ``srv`` when there is none."""
     t0 = time.monotonic()
     srv.start(timeout=timeout)

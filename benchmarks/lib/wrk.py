@@ -43,8 +43,8 @@ from lib.cpu import CLK_TCK, cpu_jiffies, group_cpu_s, wait_quiet
 from lib.loadgen import rotate
 from lib.report import log as _log
 from lib.report import bars, machine_info, md_table, pyplot, save
-import tests.harness as harness
-from tests.harness import Server  # a real `mlserver start` on free ports
+import tests.support.harness as harness
+from tests.support.harness import Server  # a real `mlserver start` on free ports
 
 WRK_INSTALL = "apt-get install -y wrk"
 

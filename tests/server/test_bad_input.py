@@ -5,29 +5,27 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import grpc, write_model
+from ..support.harness import grpc, write_model
+from ..support.runtimes import v2
 
 SKLEARN = "modelserve.sklearn.SKLearnRuntime"
 GOOD = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
 
-def inp(shape, data, datatype="FP64", name="input-0"):
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
-
-
 BAD_REQUESTS = {
-    "wrong_shape_width": (inp([1, 3], [1, 2, 3]), 400, "expected 4 features per row, got 3"),
-    "three_d": (inp([1, 2, 2], [1, 2, 3, 4]), 400, "expected shape [rows, 4], got [1, 2, 2]"),
-    "length_mismatch": (inp([2, 4], [1, 2, 3, 4, 5]), 400, "shape [2, 4] needs 8 values, got 5"),
-    "string_in_numeric": (inp([1, 4], ["a", 1, 2, 3]), 400, "datatype FP64 but the data holds 'a'"),
-    "bytes_for_numeric_model": (inp([1, 4], ["a", "b", "c", "d"], "BYTES"), 400, "takes numbers, got datatype BYTES"),
-    "ragged_nested": (inp([2, 4], [[1, 2, 3, 4], [1, 2]]), 400, "needs 8 values, got 6"),
-    "empty_batch": (inp([0, 4], []), 400, "empty batch"),
-    "negative_shape": (inp([-1, 4], [1, 2, 3, 4]), 400, "negative dimension"),
+    "wrong_shape_width": (v2([1, 2, 3], shape=[1, 3]), 400, "expected 4 features per row, got 3"),
+    "three_d": (v2([1, 2, 3, 4], shape=[1, 2, 2]), 400, "expected shape [rows, 4], got [1, 2, 2]"),
+    "length_mismatch": (v2([1, 2, 3, 4, 5], shape=[2, 4]), 400, "shape [2, 4] needs 8 values, got 5"),
+    "string_in_numeric": (v2(["a", 1, 2, 3], shape=[1, 4]), 400, "datatype FP64 but the data holds 'a'"),
+    "bytes_for_numeric_model": (v2(["a", "b", "c", "d"], shape=[1, 4], datatype="BYTES"), 400,
+                                "takes numbers, got datatype BYTES"),
+    "ragged_nested": (v2([[1, 2, 3, 4], [1, 2]], shape=[2, 4]), 400, "needs 8 values, got 6"),
+    "empty_batch": (v2([], shape=[0, 4]), 400, "empty batch"),
+    "negative_shape": (v2([1, 2, 3, 4], shape=[-1, 4]), 400, "negative dimension"),
     "missing_input": ({"inputs": []}, 400, "no inputs"),
     "two_inputs": ({"inputs": GOOD["inputs"] * 2}, 400, "takes one input tensor, got 2"),
     "unknown_output": ({**GOOD, "outputs": [{"name": "explain"}]}, 400, "unknown output 'explain'"),
-    "unknown_datatype": (inp([1, 4], [1, 2, 3, 4], "FP128"), 422, "datatype"),
+    "unknown_datatype": (v2([1, 2, 3, 4], shape=[1, 4], datatype="FP128"), 422, "datatype"),
     "not_a_v2_body": ({"instances": [[1, 2, 3, 4]]}, 422, "inputs"),
 }
 

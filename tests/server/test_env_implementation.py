@@ -5,7 +5,7 @@ import shutil
 import joblib
 import numpy as np
 
-from ..harness import Server
+from ..support.harness import Server
 
 
 def test_model_served_from_environment_variables_only(tmp_path, artifacts):

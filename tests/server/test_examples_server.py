@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,21 +12,17 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server
-from ..whisper_models import encode_audio, speech_like
+from ..support.engine_envs import ENGINE_ENVS, engine_command
+from ..support.harness import Server
+from ..support.whisper_models import encode_audio, speech_like
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "settings"
-ENGINES = {"MODELSERVE_VLLM_COMMAND": REPO / ".venv-vllm" / "bin" / "python",
-           "MODELSERVE_INFINITY_COMMAND": REPO / ".venv-infinity" / "bin" / "infinity_emb"}
 
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
-    env = {k: os.environ.get(k) or str(v) for k, v in ENGINES.items()}
-    missing = [v for v in env.values() if not os.access(v, os.X_OK)]
-    if missing:
-        pytest.skip(f"engine environments missing ({missing}): run `bash scripts/dev.sh setup`")
+    env = {variable: engine_command(variable) for variable in ENGINE_ENVS}
     subprocess.run([sys.executable, str(SETTINGS / "build_examples.py")], check=True, cwd=REPO)
     root = tmp_path_factory.mktemp("examples")
     models = sorted(p.parent for p in SETTINGS.glob("*/model-settings.json"))

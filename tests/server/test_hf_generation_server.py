@@ -9,8 +9,9 @@ import time
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import build_causal_lm, build_seq2seq
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import build_causal_lm, build_seq2seq
+from ..support.runtimes import text_body
 
 pytest.importorskip("transformers")
 
@@ -34,15 +35,8 @@ def gen_server(tmp_path_factory):
     srv.stop()
 
 
-def body(prompts, **params):
-    b = {"inputs": [{"name": "prompt", "shape": [len(prompts)], "datatype": "BYTES", "data": prompts}]}
-    if params:
-        b["parameters"] = params
-    return b
-
-
 def generated(server, model, prompts, **params):
-    r = server.infer(model, body(prompts, **params))
+    r = server.infer(model, text_body(prompts, name="prompt", **params))
     assert r.status_code == 200, r.text
     o = r.json()["outputs"][0]
     assert o["name"] == "text" and o["datatype"] == "BYTES" and o["shape"] == [len(prompts)]
@@ -65,8 +59,8 @@ def direct_generate(folder, prompt, max_new_tokens, auto):
 def stream(server, model, route, **params):
     """(seconds since the request, text) per server-sent event, and the seconds until the stream ended."""
     chunks, start = [], time.monotonic()
-    with requests.post(f"{server.url}/v2/models/{model}/{route}", json=body([PROMPT], **params), stream=True,
-                       timeout=60) as r:
+    with requests.post(f"{server.url}/v2/models/{model}/{route}", json=text_body([PROMPT], name="prompt", **params),
+                       stream=True, timeout=60) as r:
         assert r.status_code == 200, r.text
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
@@ -121,7 +115,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_generation_parameters_are_400_naming_them(gen_server, case):
     params, needle = BAD[case]
-    r = gen_server.infer("gpt2", body([PROMPT], **params))
+    r = gen_server.infer("gpt2", text_body([PROMPT], name="prompt", **params))
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"] and "Traceback" not in r.text
     assert generated(gen_server, "gpt2", [PROMPT], max_new_tokens=2)

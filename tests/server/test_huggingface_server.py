@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import LABELS, build_classifier, build_masked_lm, build_token_classifier, minilm_dir
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import LABELS, build_classifier, build_masked_lm, build_token_classifier, minilm_dir
+from ..support.runtimes import output, text_body
 
 pytest.importorskip("transformers")
 pytest.importorskip("sentence_transformers")
@@ -54,15 +55,9 @@ def st_minilm():
     return SentenceTransformer(str(minilm_dir()), device="cpu")
 
 
-def text_body(texts, datatype="BYTES", shape=None, name="text", outputs=None):
-    body = {"inputs": [{"name": name, "shape": shape or [len(texts)], "datatype": datatype, "data": texts}]}
-    if outputs:
-        body["outputs"] = [{"name": o} for o in outputs]
-    return body
-
-
-def out(resp, name):
-    o = next(o for o in resp["outputs"] if o["name"] == name)
+def out(resp, name) -> np.ndarray:
+    """The output ``name`` of a V2 response body as an array of its shape (numbers as float32)."""
+    o = output(resp, name)
     return np.array(o["data"], dtype=object if o["datatype"] == "BYTES" else np.float32).reshape(o["shape"])
 
 

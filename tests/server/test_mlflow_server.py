@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import requests
 
-from ..mlflow_models import params_frame
-from ..harness import grpc
-from ..models import iris_xy
+from ..support.mlflow_models import params_frame
+from ..support.harness import grpc
+from ..support.models import iris_xy
+from ..support.runtimes import output
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -41,10 +42,6 @@ def post(server, path: str, body=None, **kw) -> requests.Response:
     return requests.post(server.url + path, json=body, timeout=30, **kw)
 
 
-def out(resp: dict, name: str) -> dict:
-    return next(o for o in resp["outputs"] if o["name"] == name)
-
-
 def assert_4xx(r: requests.Response, *words: str) -> str:
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     assert "Traceback" not in r.text
@@ -60,7 +57,7 @@ def test_column_model_over_http_equals_direct_predict(any_server):
     frame = iris_frame()
     r = any_server.infer("mlflow-columns", columns_body(frame))
     assert r.status_code == 200, r.text
-    o = out(r.json(), "predict")
+    o = output(r.json(), "predict")
     assert o["datatype"] == "INT64" and o["shape"] == [len(frame)]
     assert o["data"] == direct(any_server, "mlflow-columns", frame).tolist()
 
@@ -72,7 +69,7 @@ def test_tensor_model_over_http_equals_direct_predict(any_server):
                         "data": rows.reshape(-1).tolist()}]}
     r = any_server.infer("mlflow-tensor", body)
     assert r.status_code == 200, r.text
-    o = out(r.json(), "predict")
+    o = output(r.json(), "predict")
     assert o["datatype"] == "FP32" and o["shape"] == [len(rows), 3]
     expected = direct(any_server, "mlflow-tensor", rows.astype(np.float32))
     np.testing.assert_allclose(np.array(o["data"]).reshape(o["shape"]), expected, rtol=1e-6)
@@ -86,13 +83,13 @@ def test_params_come_from_the_request_parameters(any_server):
     resp = r.json()
     assert [o["name"] for o in resp["outputs"]] == ["total", "label"]  # one output per DataFrame column
     expected = direct(any_server, "mlflow-params", frame, {"scale": 0.5, "mode": "product"})
-    assert out(resp, "total")["data"] == expected["total"].tolist() == [2.0, 0.5, -1.75]
-    assert out(resp, "label")["datatype"] == "BYTES" and out(resp, "label")["data"] == ["product"] * 3
+    assert output(resp, "total")["data"] == expected["total"].tolist() == [2.0, 0.5, -1.75]
+    assert output(resp, "label")["datatype"] == "BYTES" and output(resp, "label")["data"] == ["product"] * 3
     r = any_server.infer("mlflow-params", columns_body(frame))  # no parameters: the schema's defaults
-    assert out(r.json(), "total")["data"] == (frame["a"] + frame["b"]).tolist()
+    assert output(r.json(), "total")["data"] == (frame["a"] + frame["b"]).tolist()
 
 
-# -- V2 over gRPC (tests.harness.grpc runs tritonclient in its own interpreter) ---------------------
+# -- V2 over gRPC (tests.support.harness.grpc runs tritonclient in its own interpreter) ---------------------
 def test_column_model_over_grpc_equals_direct_predict(any_server):
     frame = iris_frame()
     inputs = [(c, frame[c].to_numpy(np.float64), "FP64") for c in COLUMNS]

@@ -1,6 +1,6 @@
 """KubeAIRuntime with engine OLlama behind a real mlserver, through the official `ollama` client.
 
-The Ollama binary is on no registry this machine reaches, so the server is tests/engines/fake_ollama.py, which
+The Ollama binary is on no registry this machine reaches, so the server is tests/fakes/ollama.py, which
 speaks Ollama's documented wire protocol; with OLLAMA_HOST set these tests run against that real Ollama
 instead (models OLLAMA_TEST_MODEL, default tinyllama, and OLLAMA_TEST_EMBED_MODEL, default all-minilm;
 the supervised-`ollama serve` tests still use the stand-in binary). Answers are compared with the same
@@ -20,13 +20,14 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, free_port, write_model
-from .test_kubeai_server import descendants, wait_gone
+from ..support.harness import Server, free_port, write_model
+from ..support.processes import descendants, wait_gone
+from ..support.runtimes import text_body
 
 openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 
-FAKE = Path(__file__).resolve().parents[1] / "engines" / "fake_ollama.py"
+FAKE = Path(__file__).resolve().parents[1] / "fakes" / "ollama.py"
 REAL = os.environ.get("OLLAMA_HOST")
 GEN = os.environ.get("OLLAMA_TEST_MODEL", "tinyllama") if REAL else "tinyllama"
 EMB = os.environ.get("OLLAMA_TEST_EMBED_MODEL", "all-minilm") if REAL else "all-minilm"
@@ -260,12 +261,11 @@ def spawned(tmp_path_factory):
 
 def engine_of(srv) -> list:
     return [p for p in descendants(srv.proc.pid)
-            if "fake_ollama.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+            if "fakes/ollama.py" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
 
 
 def prompt_body(text="The sea", n=4):
-    return {"inputs": [{"name": "prompt", "datatype": "BYTES", "shape": [1], "data": [text]}],
-            "parameters": {"max_tokens": n, **OPTS}}
+    return text_body([text], name="prompt", max_tokens=n, **OPTS)
 
 
 def test_a_started_ollama_serve_answers_and_restarts_after_a_crash(spawned):

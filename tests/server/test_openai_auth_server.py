@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..hf_models import minilm_dir
+from ..support.harness import Server, write_model
+from ..support.hf_models import minilm_dir
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("transformers")

@@ -11,9 +11,9 @@ import pytest
 import requests
 from hypothesis import HealthCheck, settings
 
-from .. import reliability_corpus as corpus
-from ..reliability_load import load
-from ..reliability_server import GOOD_V2, build_artefacts, start
+from ..support import reliability_corpus as corpus
+from ..support.reliability_load import load
+from ..support.reliability_server import GOOD_V2, build_artefacts, start
 
 pytest.importorskip("transformers")
 pytest.importorskip("mlflow")

@@ -5,7 +5,7 @@ SIGTERM during load lets in-flight requests finish, leaves no process behind and
 Elsewhere: a model that fails to load leaves the others serving
 (tests/server/test_bad_input.py::test_bad_models_fail_to_load_with_a_reason_and_the_rest_keeps_serving); an
 engine killed mid-request, 503 until it is back, then answers, and SIGTERM/SIGINT leave no engine
-(tests/server/test_kubeai_server.py, tests/test_engine_process.py); interrupted or corrupt downloads are
+(tests/server/test_kubeai_server.py, tests/test_engines_process.py); interrupted or corrupt downloads are
 never cached (tests/test_storage.py).
 """
 
@@ -21,9 +21,10 @@ import psutil
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..reliability_corpus import grpc_request
-from ..reliability_server import GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy, sleepy_request
+from ..support.harness import Server, write_model
+from ..support.reliability_corpus import grpc_request
+from ..support.reliability_server import (GOOD_V2, MLFLOW, OFFLINE, SKLEARN, build_artefacts, build_sleepy,
+                                          sleepy_request)
 
 pytest.importorskip("mlflow")
 TIMEOUT = 1.5

@@ -6,7 +6,7 @@ Elsewhere: the OpenAI bearer key (tests/server/test_openai_auth_server.py), `fil
 the model folder (tests/test_kubeai.py), URI schemes outside the allowlist
 (tests/test_storage.py::test_other_schemes_are_refused_listing_the_supported_ones), trust_remote_code off
 unless asked (tests/test_huggingface.py::test_trust_remote_code_is_off_by_default), pickle loads logged as
-unsafe (tests/test_sklearn_safety.py).
+unsafe (tests/test_sklearn.py, tests/test_mlflow.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..reliability_corpus import grpc_request
-from ..reliability_server import GOOD_V2, HF, OFFLINE, SKLEARN, build_artefacts
-from ..s3server import moto_s3
+from ..support.harness import Server, write_model
+from ..support.reliability_corpus import grpc_request
+from ..support.reliability_server import GOOD_V2, HF, OFFLINE, SKLEARN, build_artefacts
+from ..support.s3server import moto_s3
 
 pytest.importorskip("transformers")
 

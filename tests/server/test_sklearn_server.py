@@ -9,29 +9,16 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import grpc
-from ..models import iris_xy
-
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-
-
-def v2(data, shape=None, datatype="FP64", name="input-0", outputs=None):
-    body = {"inputs": [{"name": name, "shape": shape or [len(data), len(data[0])], "datatype": datatype,
-                        "data": data}]}
-    if outputs:
-        body["outputs"] = [{"name": o} for o in outputs]
-    return body
-
-
-def out(resp, name):
-    return next(o for o in resp["outputs"] if o["name"] == name)
+from ..support.harness import grpc
+from ..support.models import IRIS_ROWS as ROWS, iris_xy
+from ..support.runtimes import output, v2
 
 
 def test_predict_gives_int64_class_ids_equal_to_the_model(any_server, artifacts):
     model = joblib.load(artifacts["iris_joblib"])
     r = any_server.infer("iris", v2(ROWS))
     assert r.status_code == 200, r.text
-    o = out(r.json(), "predict")
+    o = output(r.json(), "predict")
     assert o["datatype"] == "INT64" and o["shape"] == [3]
     assert o["data"] == model.predict(np.array(ROWS)).tolist()
 
@@ -42,10 +29,10 @@ def test_requested_outputs_pick_the_methods(server, artifacts):
     assert r.status_code == 200, r.text
     body = r.json()
     assert [o["name"] for o in body["outputs"]] == ["predict_proba", "decision_function", "predict"]
-    proba = out(body, "predict_proba")
+    proba = output(body, "predict_proba")
     assert proba["datatype"] == "FP64" and proba["shape"] == [3, 3]
     np.testing.assert_allclose(np.array(proba["data"]).reshape(3, 3), model.predict_proba(np.array(ROWS)))
-    np.testing.assert_allclose(np.array(out(body, "decision_function")["data"]).reshape(3, 3),
+    np.testing.assert_allclose(np.array(output(body, "decision_function")["data"]).reshape(3, 3),
                                model.decision_function(np.array(ROWS)))
 
 
@@ -53,12 +40,12 @@ def test_log_proba_and_transform(server, artifacts):
     pca = joblib.load(artifacts["pca"])
     r = server.infer("pca", v2(ROWS))  # a transformer's default output is transform
     assert r.status_code == 200, r.text
-    o = out(r.json(), "transform")
+    o = output(r.json(), "transform")
     assert o["shape"] == [3, 2]
     np.testing.assert_allclose(np.array(o["data"]).reshape(3, 2), pca.transform(np.array(ROWS)))
     lr = joblib.load(artifacts["iris_joblib"])
     r = server.infer("iris", v2(ROWS, outputs=["predict_log_proba"]))
-    np.testing.assert_allclose(np.array(out(r.json(), "predict_log_proba")["data"]).reshape(3, 3),
+    np.testing.assert_allclose(np.array(output(r.json(), "predict_log_proba")["data"]).reshape(3, 3),
                                lr.predict_log_proba(np.array(ROWS)))
 
 
@@ -67,7 +54,7 @@ def test_float32_input_and_regressor_output_fp64(server, artifacts):
     rows = [r[:3] for r in ROWS]
     r = server.infer("regressor", v2(rows, datatype="FP32"))
     assert r.status_code == 200, r.text
-    o = out(r.json(), "predict")
+    o = output(r.json(), "predict")
     assert o["datatype"] == "FP64" and o["shape"] == [3]
     np.testing.assert_allclose(o["data"], reg.predict(np.array(rows, dtype=np.float32)), rtol=1e-6)
 
@@ -89,10 +76,11 @@ def test_dataframe_model_takes_named_columns_and_returns_string_labels(any_serve
     inputs.append({"name": "colour", "shape": [3], "datatype": "BYTES", "data": df["colour"].tolist()})
     r = any_server.infer("iris-df", {"inputs": inputs, "outputs": [{"name": "predict"}, {"name": "predict_proba"}]})
     assert r.status_code == 200, r.text
-    o = out(r.json(), "predict")
+    o = output(r.json(), "predict")
     assert o["datatype"] == "BYTES"
     assert o["data"] == pipe.predict(df).tolist() == ["setosa", "versicolor", "virginica"]
-    np.testing.assert_allclose(np.array(out(r.json(), "predict_proba")["data"]).reshape(3, 3), pipe.predict_proba(df))
+    np.testing.assert_allclose(np.array(output(r.json(), "predict_proba")["data"]).reshape(3, 3),
+                               pipe.predict_proba(df))
 
 
 def test_dataframe_model_with_a_missing_or_extra_column_is_a_400_naming_it(any_server):
@@ -116,14 +104,14 @@ def test_pandas_codec_request_is_accepted(server, artifacts):
                    "parameters": {"content_type": "str"}})
     r = server.infer("iris-df", {"parameters": {"content_type": "pd"}, "inputs": inputs})
     assert r.status_code == 200, r.text
-    assert out(r.json(), "predict")["data"] == ["setosa", "virginica"]
+    assert output(r.json(), "predict")["data"] == ["setosa", "virginica"]
 
 
 def test_pickle_and_skops_files_load(server, artifacts):
     for name in ("iris-pickle", "iris-skops", "forest-skops"):
         r = server.infer(name, v2(ROWS))
         assert r.status_code == 200, (name, r.text)
-        assert out(r.json(), "predict")["data"] == [0, 2, 1], name
+        assert output(r.json(), "predict")["data"] == [0, 2, 1], name
 
 
 def test_metadata_lists_inputs_and_outputs(server):
@@ -221,7 +209,7 @@ def test_concurrent_requests_of_different_sizes_get_their_own_rows(any_server, a
     with cf.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(call, jobs))
     for rows, body in zip(jobs, results):
-        assert out(body, "predict")["shape"] == [len(rows)]
-        assert out(body, "predict")["data"] == lr.predict(rows).tolist()
-        np.testing.assert_allclose(np.array(out(body, "predict_proba")["data"]).reshape(len(rows), 3),
+        assert output(body, "predict")["shape"] == [len(rows)]
+        assert output(body, "predict")["data"] == lr.predict(rows).tolist()
+        np.testing.assert_allclose(np.array(output(body, "predict_proba")["data"]).reshape(len(rows), 3),
                                    lr.predict_proba(rows))

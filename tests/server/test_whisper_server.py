@@ -8,12 +8,11 @@ import base64
 import io
 import json
 
-import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..whisper_models import build_tiny_whisper, encode_audio, speech_like
+from ..support.harness import Server, write_model
+from ..support.whisper_models import build_tiny_whisper, encode_audio, speech_like
 
 openai = pytest.importorskip("openai")
 faster_whisper = pytest.importorskip("faster_whisper")

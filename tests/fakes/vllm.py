@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A stand-in for the `vllm` CLI (`fake_vllm.py serve MODEL --port P --served-model-name N ...`): serves
+"""A stand-in for the `vllm` CLI (`tests/fakes/vllm.py serve MODEL --port P --served-model-name N ...`): serves
 /health, /v1/models (the served name and LoRA modules) and an echoing /v1/completions, and /debug with the
 argv, working folder, its files and the environment, so tests can check the command line the runtime builds
 without starting vLLM. Standard library only."""

@@ -9,15 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from .hf_models import ENTITY_LABELS, build_causal_lm, build_masked_lm, build_seq2seq, build_token_classifier
+from .support.hf_models import ENTITY_LABELS, build_causal_lm, build_masked_lm, build_seq2seq, build_token_classifier
 
 pytest.importorskip("transformers")
 
-from mlserver.settings import ModelParameters, ModelSettings  # noqa: E402
-from mlserver.types import InferenceRequest, Parameters, RequestInput  # noqa: E402
-
 from modelserve.errors import BadRequest  # noqa: E402
-from modelserve.huggingface import HuggingFaceRuntime  # noqa: E402
+from modelserve.huggingface import HuggingFaceRuntime as HF  # noqa: E402
+
+from .support.runtimes import bad_request, infer_texts, loaded, text_request  # noqa: E402
 
 TEXTS = ["John Smith lives in Berlin.", "hello", "Kubernetes schedules containers near the river bank!"]
 PROMPTS = ["the quick brown fox", "once upon a time"]
@@ -28,43 +27,6 @@ def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("hf-tasks")
     return {"token": build_token_classifier(root / "token"), "mlm": build_masked_lm(root / "mlm"),
             "gpt2": build_causal_lm(root / "gpt2"), "t5": build_seq2seq(root / "t5")}
-
-
-_loaded: dict = {}
-
-
-def loaded(uri, **extra) -> HuggingFaceRuntime:
-    key = (str(uri), tuple(sorted(extra.items())))
-    if key not in _loaded:
-        rt = HuggingFaceRuntime(ModelSettings(name="m", implementation=HuggingFaceRuntime,
-                                              parameters=ModelParameters(uri=str(uri), extra=extra)))
-        asyncio.run(rt.load())
-        _loaded[key] = rt
-    return _loaded[key]
-
-
-def request(texts, **params) -> InferenceRequest:
-    return InferenceRequest(inputs=[RequestInput(name="text", shape=[len(texts)], datatype="BYTES", data=texts)],
-                            parameters=Parameters(**params) if params else None)
-
-
-def infer(rt, texts, **params) -> dict:
-    res = asyncio.run(rt.predict(request(texts, **params)))
-    out = {}
-    for o in res.outputs:
-        if o.datatype == "BYTES":
-            out[o.name] = np.array([v.decode() for v in o.data.root], dtype=object).reshape(o.shape)
-        else:
-            out[o.name] = np.array(o.data.root, dtype=np.float32).reshape(o.shape)
-    return out
-
-
-def bad_request(rt, texts, **params) -> str:
-    with pytest.raises(BadRequest) as err:
-        asyncio.run(rt.predict(request(texts, **params)))
-    assert err.value.status_code == 400
-    assert "\n" not in str(err.value)
-    return str(err.value)
 
 
 def direct(folder, auto):
@@ -90,9 +52,9 @@ def direct_generate(folder, prompt, max_new_tokens, auto="AutoModelForCausalLM")
 def test_token_entities_equal_the_transformers_pipeline(tiny):
     from transformers import pipeline
 
-    rt = loaded(tiny["token"])
+    rt = loaded(HF, tiny["token"])
     assert rt.task.value == "token_classification"
-    got = infer(rt, TEXTS)["entities"]
+    got = infer_texts(rt, TEXTS)["entities"]
     assert got.shape == (3,)
     tok, model = direct(tiny["token"], "AutoModelForTokenClassification")
     pipe = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="none", device="cpu")
@@ -111,9 +73,9 @@ def test_token_entities_equal_the_transformers_pipeline(tiny):
 
 
 def test_token_classification_batched_equals_one_by_one(tiny):
-    rt = loaded(tiny["token"])
-    together = infer(rt, TEXTS)["entities"]
-    alone = [infer(rt, [t])["entities"][0] for t in TEXTS]
+    rt = loaded(HF, tiny["token"])
+    together = infer_texts(rt, TEXTS)["entities"]
+    alone = [infer_texts(rt, [t])["entities"][0] for t in TEXTS]
     for a, b in zip(together, alone):
         ea, eb = json.loads(a), json.loads(b)
         assert [e["word"] for e in ea] == [e["word"] for e in eb]
@@ -139,9 +101,9 @@ def _direct_fill(folder, texts, k):
 
 
 def test_fill_mask_top5_equals_a_direct_model_call(tiny):
-    rt = loaded(tiny["mlm"])
+    rt = loaded(HF, tiny["mlm"])
     texts = ["Paris is the [MASK] of France.", "I like [MASK] very much", "[MASK]"]
-    got = infer(rt, texts)
+    got = infer_texts(rt, texts)
     assert got["tokens"].shape == (3, 5) and got["scores"].shape == (3, 5)
     tokens, scores = _direct_fill(tiny["mlm"], texts, 5)
     assert got["tokens"].tolist() == [t[0] for t in tokens]
@@ -149,10 +111,10 @@ def test_fill_mask_top5_equals_a_direct_model_call(tiny):
 
 
 def test_fill_mask_top_k_and_several_masks(tiny):
-    rt = loaded(tiny["mlm"])
-    assert infer(rt, ["a [MASK] b"], top_k=2)["tokens"].shape == (1, 2)
+    rt = loaded(HF, tiny["mlm"])
+    assert infer_texts(rt, ["a [MASK] b"], top_k=2)["tokens"].shape == (1, 2)
     texts = ["[MASK] and [MASK]", "the [MASK] sat on the [MASK]"]
-    got = infer(rt, texts, top_k=3)
+    got = infer_texts(rt, texts, top_k=3)
     assert got["tokens"].shape == (2, 2, 3)
     tokens, scores = _direct_fill(tiny["mlm"], texts, 3)
     assert got["tokens"].tolist() == tokens
@@ -160,89 +122,96 @@ def test_fill_mask_top_k_and_several_masks(tiny):
 
 
 def test_fill_mask_bad_requests_are_400(tiny):
-    rt = loaded(tiny["mlm"])
-    assert "text 1 has no mask token: put [MASK]" in bad_request(rt, ["a [MASK]", "no mask here"])
-    assert "same number of [MASK]" in bad_request(rt, ["a [MASK]", "[MASK] [MASK]"])
-    assert "parameter 'top_k' is 0" in bad_request(rt, ["a [MASK]"], top_k=0)
-    assert "parameter 'top_k' must be an integer" in bad_request(rt, ["a [MASK]"], top_k="many")
-    assert "unknown parameter 'temperature'" in bad_request(rt, ["a [MASK]"], temperature=1.0)
-    short = loaded(tiny["mlm"], max_length=4)
-    assert "text 0: a [MASK] token was cut off by option max_length" in bad_request(short, ["a b c d e f [MASK]"])
+    rt = loaded(HF, tiny["mlm"])
+    for texts, params, fragment in [
+        (["a [MASK]", "no mask here"], {}, "text 1 has no mask token: put [MASK]"),
+        (["a [MASK]", "[MASK] [MASK]"], {}, "same number of [MASK]"),
+        (["a [MASK]"], {"top_k": 0}, "parameter 'top_k' is 0"),
+        (["a [MASK]"], {"top_k": "many"}, "parameter 'top_k' must be an integer"),
+        (["a [MASK]"], {"temperature": 1.0}, "unknown parameter 'temperature'"),
+    ]:
+        assert fragment in bad_request(rt.predict, text_request(texts, **params))
+    short = loaded(HF, tiny["mlm"], max_length=4)
+    assert "text 0: a [MASK] token was cut off by option max_length" in bad_request(
+        short.predict, text_request(["a b c d e f [MASK]"]))
 
 
 # -- generation ------------------------------------------------------------------------------------------
 
 def test_greedy_text_generation_equals_model_generate(tiny):
-    rt = loaded(tiny["gpt2"])
+    rt = loaded(HF, tiny["gpt2"])
     assert rt.task.value == "text_generation" and rt.inputs[0].name == "prompt"
-    got = infer(rt, PROMPTS, max_new_tokens=12)["text"]
+    got = infer_texts(rt, PROMPTS, max_new_tokens=12)["text"]
     assert got.tolist() == [direct_generate(tiny["gpt2"], p, 12) for p in PROMPTS]
     assert all(len(t.split()) >= 3 for t in got)
-    default = infer(rt, PROMPTS[:1])["text"][0]  # option max_new_tokens: 64 by default
+    default = infer_texts(rt, PROMPTS[:1])["text"][0]  # option max_new_tokens: 64 by default
     assert default == direct_generate(tiny["gpt2"], PROMPTS[0], 64)
 
 
 def test_greedy_text2text_generation_equals_model_generate(tiny):
-    rt = loaded(tiny["t5"])
+    rt = loaded(HF, tiny["t5"])
     assert rt.task.value == "text2text_generation"
-    got = infer(rt, PROMPTS, max_new_tokens=10)["text"]
+    got = infer_texts(rt, PROMPTS, max_new_tokens=10)["text"]
     assert got.tolist() == [direct_generate(tiny["t5"], p, 10, "AutoModelForSeq2SeqLM") for p in PROMPTS]
     assert all(got)
 
 
 def test_stop_strings_cut_the_text_at_the_first_one(tiny):
-    rt = loaded(tiny["gpt2"])
-    full = infer(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
+    rt = loaded(HF, tiny["gpt2"])
+    full = infer_texts(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
     words = full.split()
     stop = words[3]
-    cut = infer(rt, PROMPTS[:1], max_new_tokens=20, stop=[stop, "never-seen"])["text"][0]
+    cut = infer_texts(rt, PROMPTS[:1], max_new_tokens=20, stop=[stop, "never-seen"])["text"][0]
     assert cut == full[:full.find(stop)]
-    assert infer(rt, PROMPTS[:1], max_new_tokens=20, stop="never-seen")["text"][0] == full
+    assert infer_texts(rt, PROMPTS[:1], max_new_tokens=20, stop="never-seen")["text"][0] == full
 
 
 def test_sampling_follows_the_seed(tiny):
-    rt = loaded(tiny["gpt2"])
+    rt = loaded(HF, tiny["gpt2"])
     kw = dict(max_new_tokens=10, do_sample=True, temperature=1.5, top_p=0.95, top_k=50)
-    a = infer(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
-    assert a == infer(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
-    others = {infer(rt, PROMPTS[:1], seed=s, **kw)["text"][0] for s in (8, 9, 10)}
+    a = infer_texts(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
+    assert a == infer_texts(rt, PROMPTS[:1], seed=7, **kw)["text"][0]
+    others = {infer_texts(rt, PROMPTS[:1], seed=s, **kw)["text"][0] for s in (8, 9, 10)}
     assert others != {a}
-    greedy = infer(rt, PROMPTS[:1], max_new_tokens=10)["text"][0]
-    assert infer(rt, PROMPTS[:1], max_new_tokens=10, temperature=0)["text"][0] == greedy
+    greedy = infer_texts(rt, PROMPTS[:1], max_new_tokens=10)["text"][0]
+    assert infer_texts(rt, PROMPTS[:1], max_new_tokens=10, temperature=0)["text"][0] == greedy
 
 
 def test_generation_parameters_are_checked(tiny):
-    rt = loaded(tiny["gpt2"], max_new_tokens_limit=100)
-    msg = bad_request(rt, PROMPTS[:1], beams=4)
+    rt = loaded(HF, tiny["gpt2"], max_new_tokens_limit=100)
+    msg = bad_request(rt.predict, text_request(PROMPTS[:1], beams=4))
     assert "unknown generation parameter 'beams'" in msg and "max_new_tokens" in msg
-    assert "parameter 'max_new_tokens' is 0; allowed range [1, 100]" in bad_request(rt, PROMPTS[:1], max_new_tokens=0)
-    assert "parameter 'max_new_tokens' is 101" in bad_request(rt, PROMPTS[:1], max_new_tokens=101)
-    assert "parameter 'max_new_tokens' must be an integer" in bad_request(rt, PROMPTS[:1], max_new_tokens=2.5)
-    assert "parameter 'top_p'" in bad_request(rt, PROMPTS[:1], top_p=1.5)
-    assert "parameter 'temperature'" in bad_request(rt, PROMPTS[:1], temperature=-1)
-    assert "parameter 'do_sample' must be true or false" in bad_request(rt, PROMPTS[:1], do_sample="yes")
-    assert "parameter 'stop' must be a string or a list" in bad_request(rt, PROMPTS[:1], stop=[1])
+    for params, fragment in [
+        ({"max_new_tokens": 0}, "parameter 'max_new_tokens' is 0; allowed range [1, 100]"),
+        ({"max_new_tokens": 101}, "parameter 'max_new_tokens' is 101"),
+        ({"max_new_tokens": 2.5}, "parameter 'max_new_tokens' must be an integer"),
+        ({"top_p": 1.5}, "parameter 'top_p'"),
+        ({"temperature": -1}, "parameter 'temperature'"),
+        ({"do_sample": "yes"}, "parameter 'do_sample' must be true or false"),
+        ({"stop": [1]}, "parameter 'stop' must be a string or a list"),
+    ]:
+        assert fragment in bad_request(rt.predict, text_request(PROMPTS[:1], **params))
 
 
 def _stream(rt, prompts, **params):
     async def run():
         async def payloads():
-            yield request(prompts, **params)
+            yield text_request(prompts, **params)
         return [r.outputs[0].data.root[0].decode() async for r in rt.predict_stream(payloads())]
     return asyncio.run(run())
 
 
 @pytest.mark.parametrize("model", ["gpt2", "t5"])
 def test_streamed_chunks_concatenate_to_the_greedy_text(tiny, model):
-    rt = loaded(tiny[model])
+    rt = loaded(HF, tiny[model])
     chunks = _stream(rt, PROMPTS[:1], max_new_tokens=15)
     assert len(chunks) > 3
-    assert "".join(chunks) == infer(rt, PROMPTS[:1], max_new_tokens=15)["text"][0]
+    assert "".join(chunks) == infer_texts(rt, PROMPTS[:1], max_new_tokens=15)["text"][0]
 
 
 def test_streaming_honours_stop_strings_and_takes_one_prompt(tiny):
-    rt = loaded(tiny["gpt2"])
-    full = infer(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
+    rt = loaded(HF, tiny["gpt2"])
+    full = infer_texts(rt, PROMPTS[:1], max_new_tokens=20)["text"][0]
     stop = full.split()[4]
     assert "".join(_stream(rt, PROMPTS[:1], max_new_tokens=20, stop=[stop])) == full[:full.find(stop)]
     with pytest.raises(BadRequest, match="streaming takes one prompt per request, got 2"):
@@ -250,27 +219,27 @@ def test_streaming_honours_stop_strings_and_takes_one_prompt(tiny):
 
 
 def test_metadata_and_v1_predict_for_the_new_tasks(tiny):
-    meta = {k: loaded(tiny[k]) for k in ("token", "mlm", "gpt2")}
+    meta = {k: loaded(HF, tiny[k]) for k in ("token", "mlm", "gpt2")}
     assert [o.name for o in meta["token"].outputs] == ["entities"]
     assert [(o.name, o.datatype) for o in meta["mlm"].outputs] == [("tokens", "BYTES"), ("scores", "FP32")]
     assert [(i.name, o.name) for i, o in zip(meta["gpt2"].inputs, meta["gpt2"].outputs)] == [("prompt", "text")]
     res = asyncio.run(meta["gpt2"]._v1_predict({"instances": [PROMPTS[0]]}))
-    assert res["predictions"] == [infer(meta["gpt2"], PROMPTS[:1])["text"][0]]
+    assert res["predictions"] == [infer_texts(meta["gpt2"], PROMPTS[:1])["text"][0]]
     res = asyncio.run(meta["mlm"]._v1_predict({"instances": ["a [MASK] b"]}))
     assert len(res["predictions"]) == 1
 
 
 def test_concurrent_fill_mask_and_token_requests_get_their_own_rows(tiny):
     """Concurrent requests share one forward pass (the coalescer): each still gets exactly its own answer."""
-    mlm, tagger = loaded(tiny["mlm"]), loaded(tiny["token"])
+    mlm, tagger = loaded(HF, tiny["mlm"]), loaded(HF, tiny["token"])
     jobs = [(mlm, ["a [MASK]"], {"top_k": 2}), (mlm, ["[MASK] and [MASK] too", "x [MASK] [MASK]"], {"top_k": 2}),
             (mlm, ["the [MASK]"], {"top_k": 4}), (tagger, TEXTS[:2], {}), (tagger, TEXTS[2:], {})]
 
     async def together():
-        return await asyncio.gather(*(rt.predict(request(t, **p)) for rt, t, p in jobs))
+        return await asyncio.gather(*(rt.predict(text_request(t, **p)) for rt, t, p in jobs))
 
     for (rt, texts, params), res in zip(jobs, asyncio.run(together())):
-        alone = infer(rt, texts, **params)
+        alone = infer_texts(rt, texts, **params)
         for o in res.outputs:
             got = [v.decode() for v in o.data.root] if o.datatype == "BYTES" else o.data.root
             want = alone[o.name].reshape(-1).tolist()
@@ -287,7 +256,7 @@ def test_concurrent_fill_mask_and_token_requests_get_their_own_rows(tiny):
 def test_a_failing_streamed_generation_ends_with_an_error_not_a_hang(tiny, monkeypatch):
     from modelserve.errors import InternalError
 
-    rt = loaded(tiny["gpt2"])
+    rt = loaded(HF, tiny["gpt2"])
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")

@@ -174,7 +174,6 @@ def _grpc_cases() -> List[Case]:
         return {"name": name, "shape": shape, "datatype": datatype, "contents": contents}
 
     row = t("input-0", [1, 4], "FP64", fp64_contents=IRIS_ROW)
-    text = t("text", [1], "BYTES", bytes_contents=[b"hello"])
     return [
         Case("grpc-unknown-model", "v2-grpc", "iris", body=req("no-such-model", [row]), needle="no-such-model"),
         Case("grpc-unknown-version", "v2-grpc", "iris", body=req("iris", [row], version="v9")),

@@ -7,7 +7,7 @@ model), /api/embed, and ``{"error": ...}`` bodies with Ollama's statuses. Text c
 "model" (words picked by hashing the prompt and the options), embeddings from hashing the text: the
 runtime's plumbing is what the tests check, against this server or a real Ollama (OLLAMA_HOST).
 
-Run as ``fake_ollama.py serve`` (listening on $OLLAMA_HOST, as ``ollama serve`` does).
+Run as ``tests/fakes/ollama.py serve`` (listening on $OLLAMA_HOST, as ``ollama serve`` does).
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def app() -> web.Application:
 
 def main() -> None:
     if sys.argv[1:2] != ["serve"]:
-        print("usage: fake_ollama.py serve   (listens on $OLLAMA_HOST, default 127.0.0.1:11434)", file=sys.stderr)
+        print("usage: ollama.py serve   (listens on $OLLAMA_HOST, default 127.0.0.1:11434)", file=sys.stderr)
         sys.exit(2)
     host = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").replace("http://", "")
     address, _, port = host.rpartition(":")

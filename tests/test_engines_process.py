@@ -19,25 +19,9 @@ import requests
 from modelserve.engines.process import EngineProcess
 from modelserve.errors import ModelLoadError, Unavailable
 
-FAKE = str(Path(__file__).parent / "engines" / "fake_engine.py")
+from .support.processes import alive, wait_gone
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_gone(pids, timeout=15.0) -> list:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if alive(p)]
+FAKE = str(Path(__file__).parent / "fakes" / "engine.py")
 
 
 def engine(*flags, **kw) -> EngineProcess:
@@ -67,7 +51,7 @@ def test_starts_waits_for_health_and_forwards_its_log(caplog):
 
     pid = asyncio.run(run())
     assert any(r.getMessage().startswith("[fake] fake engine: pid") for r in caplog.records)
-    assert wait_gone([pid]) == []
+    assert wait_gone([pid], 15) == []
 
 
 def test_stop_takes_down_the_engine_and_its_children():
@@ -80,7 +64,7 @@ def test_stop_takes_down_the_engine_and_its_children():
 
     pids = asyncio.run(run())
     assert len(pids) == 2
-    assert wait_gone(pids) == []
+    assert wait_gone(pids, 15) == []
 
 
 def test_an_engine_that_ignores_sigterm_is_killed_after_the_grace_period():
@@ -161,7 +145,7 @@ def test_start_timeout_is_a_load_error_naming_the_option():
 
     err, pids = asyncio.run(run())
     assert "start_timeout" in str(err) and "fake engine: pid" in str(err)
-    assert wait_gone(pids) == []
+    assert wait_gone(pids, 15) == []
 
 
 def test_an_engine_that_exits_while_starting_is_a_load_error_with_its_output(tmp_path):
@@ -223,7 +207,7 @@ def test_no_orphan_survives_the_supervising_process(sig, tmp_path):
     assert len(pids) == 2 and all(alive(p) for p in pids) and clean.is_dir()
     sup.send_signal(sig)
     sup.wait(10)
-    assert wait_gone(pids) == [], log.read_text()
+    assert wait_gone(pids, 15) == [], log.read_text()
     deadline = time.monotonic() + 10
     while clean.exists() and time.monotonic() < deadline:
         time.sleep(0.1)

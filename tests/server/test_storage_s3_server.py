@@ -7,18 +7,10 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..s3server import moto_s3
-
-SKLEARN = "modelserve.sklearn.SKLearnRuntime"
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-
-
-def v2(rows, outputs=None):
-    body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
-    if outputs:
-        body["outputs"] = [{"name": o} for o in outputs]
-    return body
+from ..support.harness import Server, write_model
+from ..support.models import IRIS_ROWS as ROWS
+from ..support.runtimes import SKLEARN, predict, v2
+from ..support.s3server import moto_s3
 
 
 def s3_model(root, name, uri, **extra):
@@ -49,12 +41,6 @@ def s3_server(tmp_path_factory, artifacts, s3):
     srv.start()
     yield srv
     srv.stop()
-
-
-def predict(server, model, rows=ROWS, outputs=None):
-    r = server.infer(model, v2(rows, outputs))
-    assert r.status_code == 200, r.text
-    return next(o for o in r.json()["outputs"] if o["name"] == (outputs or ["predict"])[0])["data"]
 
 
 @pytest.mark.parametrize("model", ["s3-file", "s3-prefix"])
@@ -97,7 +83,7 @@ def test_reload_picks_up_a_new_object(s3_server, s3, artifacts):
     s3.put("swap/model.joblib", artifacts["svc"])  # an SVC does not
     r = s3_server.load("s3-swap")
     assert r.status_code == 200, r.text
-    r = s3_server.infer("s3-swap", v2(ROWS, ["predict_proba"]))
+    r = s3_server.infer("s3-swap", v2(ROWS, outputs=["predict_proba"]))
     assert r.status_code == 400 and "decision_function" in r.text, r.text
     assert predict(s3_server, "s3-file")
 
@@ -110,7 +96,7 @@ def test_download_progress_shows_in_the_server_log(s3_server):
 
 def test_mlflow_model_folder_from_an_s3_prefix(s3_server, s3, tmp_path_factory):
     """An MLmodel folder mirrored from s3://bucket/prefix/ and served by MLflowRuntime."""
-    from ..mlflow_models import MLFLOW, build
+    from ..support.mlflow_models import MLFLOW, build
 
     folder = build(tmp_path_factory.mktemp("mlflow-art"))["columns"]
     for f in folder.rglob("*"):

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+# three iris rows (one of each class), as requests send them
+IRIS_ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
+
 
 def iris_xy(frame: bool = False):
     from sklearn.datasets import load_iris

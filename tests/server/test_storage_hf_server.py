@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 import requests
 
-from ..harness import Server, write_model
-from ..test_hf_uri import fill_hf_cache
+from ..support.harness import Server, write_model
+from ..support.hf_cache import fill_hf_cache
+from ..support.models import IRIS_ROWS as ROWS
+from ..support.runtimes import SKLEARN, predict, v2
 
-SKLEARN = "modelserve.sklearn.SKLearnRuntime"
-ROWS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
 SHA_MAIN, SHA_V1 = "0" * 39 + "a", "0" * 39 + "1"
-
-
-def v2(rows, outputs=None):
-    body = {"inputs": [{"name": "input-0", "shape": [len(rows), len(rows[0])], "datatype": "FP64", "data": rows}]}
-    if outputs:
-        body["outputs"] = [{"name": o} for o in outputs]
-    return body
 
 
 def hf_model(root, name, uri):
@@ -45,12 +38,6 @@ def hf_server(tmp_path_factory, artifacts):
     srv.stop()
 
 
-def predict(server, model, rows=ROWS, outputs=None):
-    r = server.infer(model, v2(rows, outputs))
-    assert r.status_code == 200, r.text
-    return next(o for o in r.json()["outputs"] if o["name"] == (outputs or ["predict"])[0])["data"]
-
-
 def test_main_serves_the_main_snapshot(hf_server, artifacts):
     expected = joblib.load(artifacts["iris_joblib"]).predict(np.array(ROWS)).tolist()
     assert predict(hf_server, "hf-main") == expected
@@ -61,7 +48,7 @@ def test_main_serves_the_main_snapshot(hf_server, artifacts):
 def test_a_tag_or_a_commit_serves_that_revision(hf_server, artifacts, model):
     expected = joblib.load(artifacts["svc"]).predict(np.array(ROWS)).tolist()
     assert predict(hf_server, model) == expected
-    r = hf_server.infer(model, v2(ROWS, ["predict_proba"]))  # the SVC of v1 has no predict_proba
+    r = hf_server.infer(model, v2(ROWS, outputs=["predict_proba"]))  # the SVC of v1 has no predict_proba
     assert r.status_code == 400 and "decision_function" in r.text, r.text
 
 
@@ -94,7 +81,7 @@ def test_a_moved_tag_is_picked_up_on_reload(hf_server, artifacts):
     (hf_server.cache / "models--acme--iris" / "refs" / "stable").write_text(SHA_V1)
     r = hf_server.load("hf-moving")
     assert r.status_code == 200, r.text
-    assert hf_server.infer("hf-moving", v2(ROWS, ["predict_proba"])).status_code == 400  # the SVC
+    assert hf_server.infer("hf-moving", v2(ROWS, outputs=["predict_proba"])).status_code == 400  # the SVC
     (hf_server.cache / "models--acme--iris" / "refs" / "stable").write_text(SHA_MAIN)
     r = hf_server.load("hf-moving")
     assert r.status_code == 200, r.text

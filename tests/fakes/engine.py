@@ -1,6 +1,6 @@
 """A stand-in engine server for the supervision tests: answers /health, logs, and misbehaves on request.
 
-python fake_engine.py PORT [--child] [--never-ready] [--crash-if FILE] [--ignore-term]
+python tests/fakes/engine.py PORT [--child] [--never-ready] [--crash-if FILE] [--ignore-term]
   --child        also starts a grandchild (`sleep`) and prints its pid, to test that the tree is stopped
   --never-ready  /health answers 503 for ever
   --crash-if F   exits with status 3 at once while file F exists (a crash loop)

@@ -3,60 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
-from mlserver.settings import ModelSettings
 
 from modelserve import storage
-from modelserve.errors import ModelLoadError
 from modelserve.sklearn import WELLKNOWN
 
-from .harness import free_port
+from .support.harness import free_port
+from .support.hf_cache import fill_hf_cache
+from .support.runtimes import model_settings, resolve_error
 
-IMPL = "modelserve.sklearn.SKLearnRuntime"
 SHA_MAIN = "a" * 40
 SHA_V1 = "1" * 40
-
-
-def fill_hf_cache(cache: Path, repo_id: str, files: Dict[str, bytes], commit: str,
-                  refs: tuple = ("main",)) -> Path:
-    """One snapshot of a model repo in huggingface_hub's documented cache layout, as a download leaves it:
-
-    ``models--org--name/blobs/<hash>`` holds the bytes, ``snapshots/<commit>/<file>`` links to the blob,
-    and ``refs/<branch or tag>`` holds the commit sha. Returns the snapshot folder.
-    """
-    repo = Path(cache) / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snap / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.exists() or link.is_symlink():
-            link.unlink()
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    for ref in refs:
-        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)  # no newline, as huggingface_hub writes it
-    return snap
-
-
-def settings(uri: str, name: str = "m") -> ModelSettings:
-    return ModelSettings.model_validate({"name": name, "implementation": IMPL, "parameters": {"uri": uri}})
-
-
-def load_error(uri: str, **kw) -> str:
-    with pytest.raises(ModelLoadError) as info:
-        storage.resolve(settings(uri), **kw)
-    assert info.value.status_code == 422
-    msg = str(info.value)
-    assert msg.startswith("model 'm' failed to load: ") and "\n" not in msg
-    return msg
 
 
 @pytest.fixture
@@ -85,21 +46,21 @@ def test_the_hand_made_cache_is_one_huggingface_hub_recognises(hf_cache):
 
 def test_default_revision_is_main_and_resolves_to_its_snapshot(hf_cache):
     snap = hf_cache / "models--acme--iris" / "snapshots" / SHA_MAIN
-    assert storage.resolve(settings("hf://acme/iris")) == snap
-    got = storage.resolve(settings("hf://acme/iris"), WELLKNOWN)
+    assert storage.resolve(model_settings("hf://acme/iris")) == snap
+    got = storage.resolve(model_settings("hf://acme/iris"), WELLKNOWN)
     assert got == snap / "model.joblib" and got.read_bytes() == b"main model"
-    assert storage.resolve(settings("HF://acme/iris/"), WELLKNOWN) == got  # scheme case, trailing slash
+    assert storage.resolve(model_settings("HF://acme/iris/"), WELLKNOWN) == got  # scheme case, trailing slash
 
 
 def test_tag_branch_and_commit_revisions(hf_cache):
     v1 = hf_cache / "models--acme--iris" / "snapshots" / SHA_V1
     for rev in ("v1", "refs/pr/1", SHA_V1):
-        got = storage.resolve(settings(f"hf://acme/iris@{rev}"), WELLKNOWN)
+        got = storage.resolve(model_settings(f"hf://acme/iris@{rev}"), WELLKNOWN)
         assert got == v1 / "model.joblib" and got.read_bytes() == b"v1 model", rev
-    assert storage.resolve(settings(f"hf://acme/iris@{SHA_MAIN}"), WELLKNOWN).read_bytes() == b"main model"
-    assert storage.resolve(settings("hf://acme/iris@main"), WELLKNOWN).read_bytes() == b"main model"
+    assert storage.resolve(model_settings(f"hf://acme/iris@{SHA_MAIN}"), WELLKNOWN).read_bytes() == b"main model"
+    assert storage.resolve(model_settings("hf://acme/iris@main"), WELLKNOWN).read_bytes() == b"main model"
     # KServe's spelling of the revision: hf://org/name:revision
-    assert storage.resolve(settings("hf://acme/iris:v1"), WELLKNOWN).read_bytes() == b"v1 model"
+    assert storage.resolve(model_settings("hf://acme/iris:v1"), WELLKNOWN).read_bytes() == b"v1 model"
     assert storage.parse_hf("m", f"hf://acme/iris:{SHA_V1}") == ("acme/iris", SHA_V1)
 
 
@@ -107,35 +68,35 @@ def test_hf_home_is_used_when_hf_hub_cache_is_not_set(hf_cache, tmp_path, monkey
     monkeypatch.delenv("HF_HUB_CACHE")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
     fill_hf_cache(tmp_path / "home" / "hub", "acme/iris", {"model.joblib": b"from HF_HOME"}, "b" * 40)
-    assert storage.resolve(settings("hf://acme/iris"), WELLKNOWN).read_bytes() == b"from HF_HOME"
+    assert storage.resolve(model_settings("hf://acme/iris"), WELLKNOWN).read_bytes() == b"from HF_HOME"
     assert storage.hf_cache_dir() == tmp_path / "home" / "hub"
 
 
 def test_modelserve_cache_dir_does_not_apply_to_hf(hf_cache, tmp_path):
-    got = storage.resolve(settings("hf://acme/iris"), WELLKNOWN, cache_dir=str(tmp_path / "ours"))
+    got = storage.resolve(model_settings("hf://acme/iris"), WELLKNOWN, cache_dir=str(tmp_path / "ours"))
     assert got.is_relative_to(hf_cache) and not (tmp_path / "ours").exists()
 
 
 def test_missing_repo_offline_names_the_repo_the_revision_and_the_offline_hub(hf_cache):
-    msg = load_error("hf://acme/roses")
+    msg = resolve_error("hf://acme/roses")
     assert "hf://acme/roses" in msg and "acme/roses is not in the Hugging Face cache" in msg
     assert str(hf_cache) in msg and "offline" in msg and "HF_HUB_OFFLINE" in msg
-    msg = load_error("hf://acme/roses@v3")
+    msg = resolve_error("hf://acme/roses@v3")
     assert "hf://acme/roses@v3" in msg and "--revision v3" in msg and "HF_HUB_OFFLINE" in msg
 
 
 def test_missing_revision_offline_lists_the_cached_ones(hf_cache):
-    msg = load_error("hf://acme/iris@v2")
+    msg = resolve_error("hf://acme/iris@v2")
     assert "hf://acme/iris@v2" in msg and "revision 'v2' of acme/iris is not in the Hugging Face cache" in msg
     assert "cached revisions: main, refs/pr/1, v1" in msg and "HF_HUB_OFFLINE" in msg
-    msg = load_error(f"hf://acme/iris@{SHA_V1[:7]}")  # a short sha is no ref of its own
+    msg = resolve_error(f"hf://acme/iris@{SHA_V1[:7]}")  # a short sha is no ref of its own
     assert "full 40 characters" in msg
-    msg = load_error("hf://acme/iris@" + "c" * 40)
+    msg = resolve_error("hf://acme/iris@" + "c" * 40)
     assert "revision '" + "c" * 40 + "'" in msg
     import shutil
 
     shutil.rmtree(hf_cache / "models--acme--iris" / "snapshots" / SHA_V1)  # a ref left without its snapshot
-    msg = load_error("hf://acme/iris@v1")
+    msg = resolve_error("hf://acme/iris@v1")
     assert f"revision 'v1' of acme/iris points at snapshot {SHA_V1}, which is missing" in msg
 
 
@@ -145,10 +106,10 @@ def test_unreachable_hub_without_a_cached_copy(hf_cache, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # huggingface_hub read it at its import
-    msg = load_error("hf://acme/roses@v1")
+    msg = resolve_error("hf://acme/roses@v1")
     assert "hf://acme/roses@v1" in msg and "not in the Hugging Face cache" in msg and "unreachable" in msg
     # the cached snapshot stands in when the hub cannot be reached
-    assert storage.resolve(settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
+    assert storage.resolve(model_settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
 
 
 @pytest.mark.parametrize("uri, expected", [
@@ -164,13 +125,13 @@ def test_unreachable_hub_without_a_cached_copy(hf_cache, monkeypatch):
     ("hf://-acme/iris", "invalid repository id"),
 ])
 def test_bad_hf_uris_are_refused_clearly(hf_cache, uri, expected):
-    msg = load_error(uri)
+    msg = resolve_error(uri)
     assert expected in msg and "hf://" in msg
 
 
 def test_without_huggingface_hub_the_error_says_what_to_install(hf_cache, monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # import fails
-    msg = load_error("hf://acme/iris")
+    msg = resolve_error("hf://acme/iris")
     assert "hf://acme/iris" in msg and "huggingface_hub" in msg and "huggingface extra: pip install -e '.[huggingface]'" in msg
 
 
@@ -297,35 +258,35 @@ def hub(tmp_path, monkeypatch):
 def test_online_download_fills_huggingface_hubs_cache_and_offline_reuses_it(hub, monkeypatch):
     from huggingface_hub import scan_cache_dir
 
-    got = storage.resolve(settings("hf://acme/iris"), WELLKNOWN)
+    got = storage.resolve(model_settings("hf://acme/iris"), WELLKNOWN)
     snap = hub.cache / "models--acme--iris" / "snapshots" / SHA_MAIN
     assert got == snap / "model.joblib" and got.read_bytes() == b"main model"
     assert (snap / "sub" / "weights.bin").read_bytes() == b"w" * 1000
     assert (hub.cache / "models--acme--iris" / "refs" / "main").read_text() == SHA_MAIN
-    got = storage.resolve(settings("hf://acme/iris@v1"), WELLKNOWN)
+    got = storage.resolve(model_settings("hf://acme/iris@v1"), WELLKNOWN)
     assert got.read_bytes() == b"v1 model" and got.parent.name == SHA_V1
     (repo,) = scan_cache_dir(hub.cache).repos
     assert {r.commit_hash: set(r.refs) for r in repo.revisions} == {SHA_MAIN: {"main"}, SHA_V1: {"v1"}}
     # offline, with the hub gone, the same URIs resolve from what huggingface_hub cached
     hub.close()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert storage.resolve(settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
-    assert storage.resolve(settings("hf://acme/iris"), WELLKNOWN).read_bytes() == b"main model"
-    assert "is not in the Hugging Face cache" in load_error("hf://acme/iris@v2")
+    assert storage.resolve(model_settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
+    assert storage.resolve(model_settings("hf://acme/iris"), WELLKNOWN).read_bytes() == b"main model"
+    assert "is not in the Hugging Face cache" in resolve_error("hf://acme/iris@v2")
 
 
 def test_hub_down_falls_back_on_the_cached_snapshot(hub, monkeypatch):
-    storage.resolve(settings("hf://acme/iris@v1"))
+    storage.resolve(model_settings("hf://acme/iris@v1"))
     hub.close()
-    assert storage.resolve(settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
-    msg = load_error("hf://acme/iris@v9")
+    assert storage.resolve(model_settings("hf://acme/iris@v1"), WELLKNOWN).read_bytes() == b"v1 model"
+    msg = resolve_error("hf://acme/iris@v9")
     assert "revision 'v9' of acme/iris is not in the Hugging Face cache" in msg and "unreachable" in msg
 
 
 def test_online_missing_repo_and_revision(hub):
-    msg = load_error("hf://acme/roses")
+    msg = resolve_error("hf://acme/roses")
     assert "hf://acme/roses" in msg and "repository acme/roses not found on the hub" in msg and "HF_TOKEN" in msg
-    msg = load_error("hf://acme/iris@v9")
+    msg = resolve_error("hf://acme/iris@v9")
     assert "hf://acme/iris@v9" in msg and "revision 'v9' not found in acme/iris" in msg
 
 

@@ -172,8 +172,6 @@ def grpc(server: "Server", op: str, model: str, inputs=(), parameters=None, outp
     return json.loads(proc.stdout)
 
 
-
-
 GRPC_STREAM_CLIENT = r"""
 import json, sys
 import grpc

@@ -34,27 +34,26 @@ def _save_tokenizer(out: Path, token_types: bool = True) -> None:
     AutoTokenizer.from_pretrained(minilm_dir(), local_files_only=True, **kw).save_pretrained(out)
 
 
-def build_classifier(out: Path) -> Path:
-    """A tiny BertForSequenceClassification with three named labels, MiniLM's tokenizer beside it."""
+def _tiny_bert(out: Path, architecture: str, seed: int, **config) -> Path:
+    """A tiny random transformers.<architecture> (seeded), saved with MiniLM's tokenizer beside it."""
     import torch
-    from transformers import BertForSequenceClassification
+    import transformers
 
-    torch.manual_seed(0)
-    config = _tiny_config(num_labels=3, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
-    BertForSequenceClassification(config).eval().save_pretrained(out)
+    torch.manual_seed(seed)
+    getattr(transformers, architecture)(_tiny_config(**config)).eval().save_pretrained(out)
     _save_tokenizer(out)
     return out
+
+
+def build_classifier(out: Path) -> Path:
+    """A tiny BertForSequenceClassification with three named labels, MiniLM's tokenizer beside it."""
+    return _tiny_bert(out, "BertForSequenceClassification", 0, num_labels=3, id2label=LABELS,
+                      label2id={v: k for k, v in LABELS.items()})
 
 
 def build_encoder(out: Path) -> Path:
     """A tiny bare BertModel, no sentence-transformers files: mean pooling, no normalisation by default."""
-    import torch
-    from transformers import BertModel
-
-    torch.manual_seed(1)
-    BertModel(_tiny_config()).eval().save_pretrained(out)
-    _save_tokenizer(out)
-    return out
+    return _tiny_bert(out, "BertModel", 1)
 
 
 ENTITY_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
@@ -62,26 +61,13 @@ ENTITY_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC"}
 
 def build_token_classifier(out: Path) -> Path:
     """A tiny BertForTokenClassification with BIO labels (id2label), MiniLM's fast tokenizer beside it."""
-    import torch
-    from transformers import BertForTokenClassification
-
-    torch.manual_seed(2)
-    config = _tiny_config(num_labels=len(ENTITY_LABELS), id2label=ENTITY_LABELS,
-                          label2id={v: k for k, v in ENTITY_LABELS.items()})
-    BertForTokenClassification(config).eval().save_pretrained(out)
-    _save_tokenizer(out)
-    return out
+    return _tiny_bert(out, "BertForTokenClassification", 2, num_labels=len(ENTITY_LABELS), id2label=ENTITY_LABELS,
+                      label2id={v: k for k, v in ENTITY_LABELS.items()})
 
 
 def build_masked_lm(out: Path) -> Path:
     """A tiny BertForMaskedLM (MiniLM's tokenizer: mask token [MASK])."""
-    import torch
-    from transformers import BertForMaskedLM
-
-    torch.manual_seed(3)
-    BertForMaskedLM(_tiny_config()).eval().save_pretrained(out)
-    _save_tokenizer(out)
-    return out
+    return _tiny_bert(out, "BertForMaskedLM", 3)
 
 
 def build_causal_lm(out: Path) -> Path:
