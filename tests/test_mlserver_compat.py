@@ -1,4 +1,5 @@
-"""mlserver_compat.py: each MLServer 1.7.1 patch does what it says (these fail when a patch stops applying)."""
+"""mlserver_compat.py: each MLServer 1.7.1 patch does what it says (these fail when a patch stops applying); the
+gRPC status and raw-contents cases moved here from the errors tests with the patches."""
 
 from __future__ import annotations
 
