@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/reliability.py --quick    # ~2 min: corpus, 1,000 requests x 2, 1-min soak
     .venv/bin/python benchmarks/reliability.py --requests 2000 --soak-minutes 3 --out /tmp/r.json
 
-- Bad input: every case of tests/reliability_corpus.py (V2 REST and gRPC, V1, OpenAI routes, /invocations over
+- Bad input: every case of tests/support/reliability_corpus.py (V2 REST and gRPC, V1, OpenAI routes, /invocations over
   the sklearn, MLflow and HuggingFace runtimes), each followed by a good request, against the server of
-  tests/reliability_server.py (sklearn and MLflow in MLServer's parallel worker, MiniLM in the main process).
+  tests/support/reliability_server.py (sklearn and MLflow in MLServer's parallel worker, MiniLM in the main process).
   Counted: requests tried, 4xx/INVALID_ARGUMENT/NOT_FOUND with a message, 5xx, accepted, failed follow-ups.
 - Load: ``--requests`` V2 requests at concurrency ``--concurrency`` against the iris LogisticRegression (one
   row) and all-MiniLM-L6-v2 (one sentence), on a server run as settings/ runs them (``parallel_workers: 0``,
@@ -56,19 +56,19 @@ RULE_TESTS = {
     "OpenAPI (schemathesis): MLServer's /infer spec and ours (V1, /invocations, OpenAI), no 5xx":
         "tests/server/test_reliability_corpus.py::test_generated_requests_never_get_a_5xx",
     "load: 500 requests at c=32 per model, zero errors": "tests/server/test_reliability_corpus.py",
-    "request_timeout: 504 / DEADLINE_EXCEEDED": "tests/server/test_reliability_faults.py, tests/test_sklearn_safety.py",
+    "request_timeout: 504 / DEADLINE_EXCEEDED": "tests/server/test_reliability_faults.py, tests/test_runtime.py",
     "reload through the repository API keeps answering": "tests/server/test_reliability_faults.py",
     "SIGTERM under load: in-flight finish, exit 0, no process left": "tests/server/test_reliability_faults.py",
     "a failed load leaves the others serving":
         "tests/server/test_bad_input.py::test_bad_models_fail_to_load_with_a_reason_and_the_rest_keeps_serving",
     "engine killed: clean failure, 503 until back, then served": "tests/server/test_kubeai_server.py, "
-                                                                 "tests/test_engine_process.py",
+                                                                 "tests/test_engines_process.py",
     "interrupted or corrupt download never cached": "tests/test_storage.py (atomic downloads)",
     "files cannot escape the model folder": "tests/test_kubeai.py",
     "trust_remote_code off unless asked": "tests/test_huggingface.py::test_trust_remote_code_is_off_by_default",
     "URI schemes outside the allowlist refused":
         "tests/test_storage.py::test_other_schemes_are_refused_listing_the_supported_ones",
-    "pickle loads logged as unsafe, skops named": "tests/test_sklearn_safety.py",
+    "pickle loads logged as unsafe, skops named": "tests/test_sklearn.py, tests/test_mlflow.py",
     "no secret in the logs": "tests/server/test_reliability_security.py, tests/server/test_openai_auth_server.py",
     "OpenAI bearer key": "tests/server/test_openai_auth_server.py",
 }
