@@ -193,8 +193,9 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
     sizes = [1, 4, 2, 3, 1, 5]
     batches = [[f"text {i} {j} " * (1 + j % 4) for j in range(n)] for i, n in enumerate(sizes)]
     calls = []
-    orig = rt.backend._call
-    rt.backend._call = lambda key, rows: calls.append(len(rows)) or orig(key, rows)
+    coalescer = rt.backend._coalescer  # it holds the model call it was built with
+    orig = coalescer._fn
+    coalescer._fn = lambda key, rows: calls.append(len(rows)) or orig(key, rows)
 
     async def run_all():
         return await asyncio.gather(*(rt.predict(text_request(b)) for b in batches))
@@ -202,8 +203,8 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows(hf):
     try:
         results = asyncio.run(run_all())
     finally:
-        rt.backend._call = orig
-    assert len(calls) < len(sizes)  # merged into fewer forward passes
+        coalescer._fn = orig
+    assert 0 < len(calls) < len(sizes) and sum(calls) == sum(sizes)  # merged into fewer forward passes
     for texts, res in zip(batches, results):
         got = arrays(res)[res.outputs[0].name]
         np.testing.assert_allclose(got, direct_classifier(hf["classifier"], texts), atol=1e-5)
