@@ -18,6 +18,12 @@ Rows = Any  # an ndarray or DataFrame whose first axis is the batch
 Outputs = Dict[str, Any]
 
 
+MODEL_FILE_LOCK = threading.Lock()
+"""Held while a model file is deserialised. MLServer loads models concurrently, and unpickling in
+parallel threads imports the same modules at once, which Python's import machinery can report as a
+deadlock (``_DeadlockError``, seen with sklearn). Loading is rare; one file at a time costs nothing."""
+
+
 class Coalescer:
     """Runs ``fn(key, rows) -> {name: array}`` in a thread on the concatenation of queued requests.
 

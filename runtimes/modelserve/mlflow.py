@@ -17,7 +17,8 @@ from . import storage
 from .errors import BadRequest, ModelLoadError, one_line
 from .options import RuntimeOptions, parse_options
 from .codecs.requests import request_parameters, wanted_outputs
-from .runtime import MODEL_FILE_LOCK, Runtime
+from .batching import MODEL_FILE_LOCK
+from .runtime import Runtime
 
 logger = logging.getLogger("mlserver.modelserve.mlflow")
 

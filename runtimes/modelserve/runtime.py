@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import threading
 from typing import Any, AsyncIterator, Awaitable, ClassVar, List, Optional, Type, TypeVar
 
 from fastapi import Depends
@@ -26,12 +25,6 @@ from .options import RuntimeOptions, parse_options
 
 logger = logging.getLogger("mlserver.modelserve")
 T = TypeVar("T")
-
-MODEL_FILE_LOCK = threading.Lock()
-"""Held while a model file is deserialised. MLServer loads models concurrently, and unpickling in
-parallel threads imports the same modules at once, which Python's import machinery can report as a
-deadlock (``_DeadlockError``, seen with sklearn). Loading is rare; one file at a time costs nothing."""
-
 
 def _freeze_heap() -> None:
     """Moves everything alive after a load out of the garbage collector's sight.

@@ -13,12 +13,12 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor, 
 from pydantic import Field
 
 from . import storage
-from .batching import Coalescer
+from .batching import MODEL_FILE_LOCK, Coalescer
 from .codecs import decode_array, decode_column, encode_array
 from .codecs.requests import one_input, wanted_outputs
 from .errors import BadRequest, ModelLoadError
 from .options import RuntimeOptions, _CaseInsensitiveEnum
-from .runtime import MODEL_FILE_LOCK, Runtime
+from .runtime import Runtime
 
 WELLKNOWN = ("model.joblib", "model.pkl", "model.pickle", "model.skops")
 PICKLE_WARNING = ("model '%s': %s is a pickle (joblib/pickle): loading it runs any code the file holds, so "

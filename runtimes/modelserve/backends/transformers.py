@@ -18,14 +18,13 @@ from typing import Any, AsyncIterator, Dict, Hashable, List, Optional
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
-from ..batching import Coalescer, ModelThread
+from ..batching import MODEL_FILE_LOCK, Coalescer, ModelThread
 from ..codecs import text_rows, token_tensors
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
 from ..engines import transformers as engine
 from ..engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
 from ..errors import BadRequest, ModelLoadError
 from ..options import Task
-from ..runtime import MODEL_FILE_LOCK
 from . import Backend
 
 logger = logging.getLogger("mlserver.modelserve.huggingface")
