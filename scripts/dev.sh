@@ -7,17 +7,28 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 EXTRAS=${MODELSERVE_EXTRAS:-sklearn,mlflow,huggingface,whisper,ollama,dev}
 
-setup() {
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  local stamp=.venv/.modelserve-installed want
-  want="$(cat pyproject.toml | sha256sum | cut -c1-16) $EXTRAS"
+# The MLServer environment: torch (the CPU wheel on disk) first, so that no later requirement pulls a CUDA build,
+# then uv with docker/overrides.txt (MLServer 1.7.1's fastapi<0.116 lifted, see docs/security.md) and
+# docker/constraints.txt (the versions every image pins), like the images' own install step. $1: the venv.
+mlserver_env() {
+  local venv=$1 stamp=$1/.modelserve-installed want
+  want="$(cat pyproject.toml setup.py docker/constraints.txt docker/overrides.txt docker/uv.txt | sha256sum | cut -c1-16) $EXTRAS"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip
-    # The CPU torch wheel lies on disk; installed first so no later requirement pulls a CUDA build.
-    .venv/bin/python -m pip install -q torch==2.13.0
-    .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -r docker/uv.txt
+    "$venv/bin/python" -m pip install -q torch==2.13.0
+    "$venv/bin/python" -m uv pip install -q --python "$venv/bin/python" --override docker/overrides.txt \
+      -c docker/constraints.txt -e ".[$EXTRAS]"
+    # an editable install leaves out the .pth file a wheel puts in site-packages (setup.py): link it there
+    ln -sf "$PWD/runtimes/modelserve-mlserver.pth" \
+      "$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/modelserve-mlserver.pth"
     echo "$want" > "$stamp"
   fi
+}
+
+setup() {
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  mlserver_env .venv
   setup_vllm
   setup_infinity
   .venv/bin/python settings/build_examples.py

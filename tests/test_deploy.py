@@ -39,7 +39,7 @@ from modelserve import deploy
 from modelserve.deploy import RUNTIMES, RenderError, render
 
 from .support.deploy_files import (CUDA_TORCH, DOCKER, MANIFESTS, ROOT, dockerfile, env_of, exact_pins, image_keys,
-                                   load_all, manifest_files, requirement_lines, runtimes_by_name)
+                                   load_all, manifest_files, pip_step, requirement_lines, runtimes_by_name)
 
 CRDS = Path(__file__).resolve().parent / "kserve-crds"
 K8S_VERSION = "1.30"  # the oldest Kubernetes KServe's current releases support
@@ -187,6 +187,7 @@ def test_dockerfile_follows_the_image_contract(key, monkeypatch):
     assert df.all("USER")[-1].isdigit() and df.all("USER")[-1] != "0"
     # the class, ModelMesh's template environment
     assert df.env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    assert df.env["MLSERVER_DEBUG"] == "false"  # MLServer 1.7.1's default (true) puts tracebacks in 500 bodies
     mm = env_of(runtimes_by_name()[rt.modelmesh_runtime]["spec"]["containers"][0])
     for name in ("MLSERVER_MODELS_DIR", "MLSERVER_GRPC_PORT", "MLSERVER_HTTP_PORT",
                  "MLSERVER_LOAD_MODELS_AT_STARTUP", "MLSERVER_MODEL_NAME"):
@@ -218,6 +219,8 @@ def test_dockerfile_follows_the_image_contract(key, monkeypatch):
     main = [f for venv, f in steps if venv is None]
     assert main[-1] == f"docker/{key}/requirements.txt", main
     assert main[:-1] == ([f"docker/{key}/{CUDA_TORCH}"] if key == "huggingface" else []), main
+    # the MLServer environment is resolved by uv with docker/overrides.txt, like scripts/dev.sh's .venv
+    assert [pip_step(r)[1] for r in runs if pip_step(r) and pip_step(r)[0] is None][-1] is True, runs
     for _, req in steps:
         assert (ROOT / req).is_file(), req
     for srcs, _ in df.context_copies():
@@ -337,6 +340,7 @@ def test_kserve_serving_runtime_agrees_with_mlserver(key, monkeypatch):
     assert env["MLSERVER_MODEL_URI"] == "/mnt/models" == env["MLSERVER_MODELS_DIR"]
     assert env["MLSERVER_MODEL_NAME"] == "{{.Name}}"
     assert env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    assert env["MLSERVER_DEBUG"] == "false"
     settings, model = mlserver_settings({**dockerfile(key).env, **env, "MLSERVER_MODEL_NAME": "iris"}, monkeypatch)
     assert (settings.http_port, settings.grpc_port) == (8080, 8081)
     assert settings.load_models_at_startup is True
@@ -362,6 +366,7 @@ def test_modelmesh_serving_runtime_agrees_with_mlserver(key, monkeypatch):
     env = env_of(c)
     assert set(env) <= mlserver_env_names() | modelserve_env_names(), set(env) - mlserver_env_names()
     assert env["MLSERVER_MODEL_IMPLEMENTATION"] == rt.implementation
+    assert env["MLSERVER_DEBUG"] == "false"
     settings, model = mlserver_settings({**dockerfile(key).env, **env}, monkeypatch)
     # the adapter talks to MLServer's gRPC port; MLServer's HTTP port must leave 8080 to Litelinks
     assert port_of(spec["grpcDataEndpoint"]) == settings.grpc_port == adapter["runtimeManagementPort"] == 8001

@@ -156,7 +156,7 @@ def test_hf_snapshot_for_a_tokenizer_revision(hf_cache):
 # -- online, against a local stand-in for the hub: huggingface_hub fills the cache itself ----------------
 class FakeHub:
     """The few hub routes ``snapshot_download`` uses: ``/api/models/<repo>/revision/<rev>`` (repo info and
-    file list) and ``/<repo>/resolve/<rev>/<file>`` (HEAD for metadata, GET for the bytes)."""
+    file list), ``/api/models/<repo>/tree/<sha>`` (the file list huggingface_hub 1.x reads) and ``/<repo>/resolve/<rev>/<file>`` (HEAD for metadata, GET for the bytes)."""
 
     def __init__(self):
         import threading
@@ -202,6 +202,17 @@ class FakeHub:
 
                     body = json.dumps({"id": repo_id, "sha": sha, "private": False,
                                        "siblings": [{"rfilename": f} for f in repo["commits"][sha]]}).encode()
+                    return self._send(200, body, {"Content-Type": "application/json"}, head)
+                if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
+                    # huggingface_hub 1.x lists a commit's files here (list_repo_tree) after repo_info
+                    repo, sha, err = self._lookup(f"{parts[2]}/{parts[3]}", unquote(parts[5]))
+                    if err:
+                        return self._send(404, b'{"error": "not found"}', err, head)
+                    import json
+
+                    body = json.dumps([{"type": "file", "path": f, "size": len(data),
+                                        "oid": hashlib.sha1(data).hexdigest()}
+                                       for f, data in repo["commits"][sha].items()]).encode()
                     return self._send(200, body, {"Content-Type": "application/json"}, head)
                 if len(parts) >= 5 and parts[2] == "resolve":
                     repo_id, rev, fname = f"{parts[0]}/{parts[1]}", unquote(parts[3]), unquote("/".join(parts[4:]))

@@ -1,4 +1,5 @@
-"""Every patch and workaround for MLServer 1.7.1, in one place: upgrading MLServer means auditing this file.
+"""Every patch and workaround for MLServer 1.7.1, in one place: upgrading MLServer means auditing this file (and
+``mlserver_early``, its half that must be armed before MLServer starts).
 
 Each item names the MLServer behaviour it works around. ``apply()`` installs the patches that change MLServer's
 own code (idempotent; ``Runtime.__init__`` calls it, in the main process and in every worker). The helpers
@@ -19,6 +20,7 @@ from urllib.parse import parse_qsl
 from fastapi import Request, status
 from mlserver.handlers.custom import CustomHandler, register_custom_handler
 
+from . import mlserver_early
 from .errors import BadRequest
 
 logger = logging.getLogger("mlserver.modelserve")
@@ -31,6 +33,7 @@ def apply() -> None:
     global _applied
     if _applied:
         return
+    mlserver_early.arm()  # already armed at interpreter start where modelserve-mlserver.pth is installed
     map_grpc_statuses()
     check_raw_contents()
     _applied = True

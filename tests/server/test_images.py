@@ -2,8 +2,8 @@
 
 For each docker/<runtime>/Dockerfile, once per session: a fresh venv, the Dockerfile's own COPY steps
 replayed into a scratch image root (the repository files it copies, nothing else), then its own
-`pip install -r docker/<runtime>/<file>.txt` RUN steps, in its WORKDIR (only `--no-cache-dir` is dropped,
-so that a re-run reuses pip's cache). Then `mlserver` runs as the image's CMD with the image's ENV (ports
+`pip install -r docker/<runtime>/<file>.txt` and `uv pip install --override docker/overrides.txt -r ...` RUN
+steps, in its WORKDIR (only `--no-cache-dir`/`--no-cache` are dropped, so that a re-run reuses the caches). Then `mlserver` runs as the image's CMD with the image's ENV (ports
 moved to free ones) and serves a model through MLSERVER_MODEL_IMPLEMENTATION alone:
 
 - the KServe way: the ServingRuntime's env over the image's, the model files in "/mnt/models", no
@@ -43,8 +43,9 @@ from modelserve.deploy import RUNTIMES
 
 from ..support.engine_envs import ENGINE_ENVS
 from ..support.harness import MLServerProcess, grpc
-from ..support.deploy_files import (CUDA_TORCH, PIP_STEP, ROOT, Dockerfile, dockerfile, env_of, exact_pins,
-                                    image_keys, requirement_lines, runtimes_by_name)
+from ..support.deploy_files import (CUDA_TORCH, ROOT, Dockerfile, dockerfile, env_of, exact_pins,
+                                    image_keys, pip_step, requirement_lines, runtimes_by_name,
+                                    unexpected_conflicts)
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +89,9 @@ class ImageVenv:
                         to = target / s.name if (dest.endswith("/") or len(srcs) > 1) else target
                         to.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy(s, to)
-            elif ins == "RUN" and PIP_STEP.fullmatch(args):
-                venv, req = PIP_STEP.fullmatch(args).groups()
-                self.pip(venv, req, self.path(workdir))
+            elif ins == "RUN" and pip_step(args):
+                venv, uv, req = pip_step(args)
+                self.pip(venv, req, self.path(workdir), uv=uv)
             elif ins == "RUN":  # system set-up: only its folders and venvs matter here
                 for step in args.split("&&"):
                     words = shlex.split(step)
@@ -103,8 +104,13 @@ class ImageVenv:
         self.home.mkdir(parents=True, exist_ok=True)
         return self
 
-    def pip(self, venv: Optional[str], req: str, cwd: Path) -> None:
+    def pip(self, venv: Optional[str], req: str, cwd: Path, uv: bool = False) -> None:
         python, args = self.python, ["install", "-r", req]
+        if uv:  # `pip install -r docker/uv.txt && uv pip install --system` in the image: here the venv's python
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(ROOT / "docker" / "uv.txt")],
+                           check=True, timeout=300)
+            args = ["uv", "pip", "install", "--python", str(self.python), "--override", "docker/overrides.txt",
+                    "-r", req]
         if venv is not None:  # an engine's own environment
             assert venv in self.engine_venvs, f"{venv} is used before `python3 -m venv {venv}`"
             if not HEAVY:
@@ -116,7 +122,7 @@ class ImageVenv:
         elif req.endswith("/" + CUDA_TORCH) and not HEAVY:  # the CPU stand-in for the CUDA build
             args = ["install", f"torch=={exact_pins(requirement_lines(ROOT / req))['torch']}"]
             self.stand_ins.append(f"{req} -> {args[1]}")
-        cmd = [str(python), "-m", "pip", *args]
+        cmd = [str(python), "-m", *(args if uv else ["pip", *args])]
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, f"{' '.join(cmd)}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
@@ -251,7 +257,7 @@ def test_image_installs_its_runtime_and_only_its_extra(images, key):
     for mod in HAS_NOT.get(key, []) + ["pytest"]:  # only what the image's extra asks for
         assert not image.has(mod), mod
     proc = subprocess.run([str(image.python), "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not unexpected_conflicts(proc.stdout), proc.stdout + proc.stderr
     # versions are docker/constraints.txt's (torch: the CPU stand-in has the CUDA build's version)
     pins = exact_pins(requirement_lines(ROOT / "docker" / "constraints.txt"))
     proc = image.run("import importlib.metadata as m, json; print(json.dumps({d.metadata['Name'].lower(): d.version "

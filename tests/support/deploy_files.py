@@ -53,14 +53,26 @@ class Dockerfile:
         """(venv or None for the image's main environment, requirement file) of each `pip install -r` RUN."""
         out = []
         for args in self.all("RUN"):
-            m = PIP_STEP.fullmatch(args)
-            if m:
-                out.append((m.group(1), m.group(2)))
+            step = pip_step(args)
+            if step:
+                out.append((step[0], step[2]))
         return out
 
 
 # the only form a Dockerfile may install with: tests/server/test_images.py replays exactly these steps
-PIP_STEP = re.compile(r"(?:(/opt/[a-z]+)/bin/)?pip install --no-cache-dir -r (docker/[a-z]+/[a-z-]+\.txt)")
+PIP_STEP = re.compile(r"(?:(?P<venv>/opt/[a-z]+)/bin/)?pip install --no-cache-dir -r (?P<req>docker/[a-z]+/[a-z-]+\.txt)"
+                      r"|pip install --no-cache-dir -r docker/uv\.txt && (?P<uv>uv) pip install --system --no-cache "
+                      r"--override docker/overrides\.txt -r (?P<uvreq>docker/[a-z]+/requirements\.txt)")
+"""`pip install` of a requirement file (an engine's own venv: its pip), or, for the image's MLServer environment,
+uv (docker/uv.txt) installing with docker/overrides.txt, as scripts/dev.sh does."""
+
+
+def pip_step(args: str):
+    """(venv or None, True when uv installs it, the requirement file) of a RUN that installs, else None."""
+    m = PIP_STEP.fullmatch(" ".join(args.split()))
+    if not m:
+        return None
+    return m.group("venv"), bool(m.group("uv")), m.group("req") or m.group("uvreq")
 
 
 def parse_env(args: str) -> Dict[str, str]:
@@ -142,3 +154,21 @@ def runtimes_by_name() -> Dict[str, dict]:
 
 def env_of(container: dict) -> Dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def overridden() -> set:
+    """The packages docker/overrides.txt lifts above what a dependency declares."""
+    return {canonicalize_name(Requirement(line).name) for line in requirement_lines(ROOT / "docker" / "overrides.txt")}
+
+
+def unexpected_conflicts(pip_check: str) -> list:
+    """`pip check`'s complaints other than the ones docker/overrides.txt makes on purpose (e.g. "mlserver 1.7.1 has
+    requirement fastapi<0.116.0,>=0.88.0, but you have fastapi 0.165.0.")."""
+    lifted = overridden()
+    out = []
+    for line in pip_check.splitlines():
+        m = re.search(r"has requirement ([A-Za-z0-9_.-]+)", line)
+        if line.strip() and not line.startswith("No broken requirements") and not (
+                m and canonicalize_name(m.group(1)) in lifted):
+            out.append(line)
+    return out
