@@ -20,6 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = REPO / "settings"
 
 
+# the Python 3.12 lane (scripts/dev.sh test312) serves every runtime of settings/ through this module
+pytestmark = pytest.mark.lane312
+
+
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory):
     env = {variable: engine_command(variable) for variable in ENGINE_ENVS}

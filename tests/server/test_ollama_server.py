@@ -88,6 +88,7 @@ def test_the_model_was_pulled_with_progress_and_kept_loaded(server):
     assert any(m.model.startswith(GEN) for m in server.direct.ps().models)
 
 
+@pytest.mark.lane312
 def test_completions_equal_a_direct_raw_generate(server):
     res = server.client.completions.create(model="llm", prompt="Once upon a time", max_tokens=8, **OPTS)
     direct = server.direct.generate(GEN, "Once upon a time", raw=True, options={"num_predict": 8, **OPTS})

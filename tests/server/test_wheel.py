@@ -104,6 +104,7 @@ def test_the_wheel_installs_with_each_extra_into_a_clean_venv(venvs, extra):
     assert not unexpected_conflicts(check.stdout), check.stdout
 
 
+@pytest.mark.lane312
 def test_a_model_served_from_the_installed_wheel_with_parallel_workers(venvs, tmp_path):
     """MLServer's default mode (one parallel worker) on the current uvloop and starlette, from the wheel alone."""
     from sklearn.linear_model import LogisticRegression
