@@ -18,7 +18,7 @@ class ModelLoadError(MLServerError):
 
     def __init__(self, model: str, msg: str):
         self.model, self.reason = model, msg
-        super().__init__(f"model '{model}' failed to load: {msg}", 422)  # Unprocessable Content (starlette 1.x renamed the constant)
+        super().__init__(f"model '{model}' failed to load: {msg}", 422)  # starlette 1.x renamed its constant
 
     def __reduce__(self):  # crosses MLServer's worker processes intact
         return (type(self), (self.model, self.reason))

@@ -74,7 +74,7 @@ def patch_rest_app(module) -> None:
     route.__init__ = __init__
 
 
-PATCHES: "dict[str, Callable]" = {"mlserver.parallel.worker": patch_worker, "mlserver.rest.app": patch_rest_app}
+PATCHES = {"mlserver.parallel.worker": patch_worker, "mlserver.rest.app": patch_rest_app}
 """MLServer module -> the patch applied right after it is imported."""
 
 

@@ -3,8 +3,8 @@
 For each docker/<runtime>/Dockerfile, once per session: a fresh venv, the Dockerfile's own COPY steps
 replayed into a scratch image root (the repository files it copies, nothing else), then its own
 `pip install -r docker/<runtime>/<file>.txt` and `uv pip install --override docker/overrides.txt -r ...` RUN
-steps, in its WORKDIR (only `--no-cache-dir`/`--no-cache` are dropped, so that a re-run reuses the caches). Then `mlserver` runs as the image's CMD with the image's ENV (ports
-moved to free ones) and serves a model through MLSERVER_MODEL_IMPLEMENTATION alone:
+steps, in its WORKDIR (only `--no-cache-dir`/`--no-cache` are dropped, so that a re-run reuses the caches).
+Then `mlserver` runs as the image's CMD with the image's ENV (ports moved to free ones) and serves a model through MLSERVER_MODEL_IMPLEMENTATION alone:
 
 - the KServe way: the ServingRuntime's env over the image's, the model files in "/mnt/models", no
   model-settings.json at all; V2 and V1 (and OpenAI where served) over HTTP, and the HEALTHCHECK passes;
