@@ -30,7 +30,7 @@ def test_decode_bytes_gives_str():
 @pytest.mark.parametrize("shape,data,datatype,needle", [
     ([2, 2], [1, 2, 3], "FP32", "shape [2, 2] needs 4 values, got 3"),
     ([1, 2], ["a", 1], "FP32", "datatype FP32 but the data holds 'a'"),
-    ([1, 2], [1, None], "FP64", "holds None"),
+    ([1, 2], [1, None], "FP64", "holds null"),
     ([2], ["a"], "BYTES", "needs 2 values, got 1"),
     ([1], [300], "UINT8", "does not fit datatype UINT8"),
     ([-1], [1], "FP32", "negative dimension"),

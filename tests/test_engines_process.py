@@ -81,6 +81,31 @@ def test_an_engine_that_ignores_sigterm_is_killed_after_the_grace_period():
     assert took < 8
 
 
+def test_retry_after_follows_the_engines_observed_start_time():
+    """Retry-After during a restart is the engine's last start time less what this start has taken (plus the
+    backoff left): measured against when the engine really answered again, at several points of the restart."""
+    async def run():
+        proc = engine("--start-delay", "3", backoff=0.5)
+        await proc.start()
+        os.kill(pids_in_tail(proc)[0], signal.SIGKILL)
+        samples = []  # (when, Retry-After)
+        while proc.state != "ready" or not samples:
+            try:
+                proc.check()
+            except Unavailable as err:
+                samples.append((time.monotonic(), int(err.headers["Retry-After"])))
+            await asyncio.sleep(0.25)
+        back = time.monotonic()
+        await proc.stop()
+        return samples, back
+
+    samples, back = asyncio.run(run())
+    assert len(samples) >= 8, samples
+    for when, said in samples:  # whole seconds, at least 1: within 1.5 s of the truth
+        assert abs(said - max(1.0, back - when)) <= 1.5, (said, back - when)
+    assert samples[0][1] >= 3 and samples[-1][1] <= 2  # it counts down, not a constant
+
+
 def test_crash_gives_503_with_retry_after_then_recovers():
     async def run():
         proc = engine(backoff=1.0)

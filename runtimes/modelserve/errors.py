@@ -24,6 +24,16 @@ class ModelLoadError(MLServerError):
         return (type(self), (self.model, self.reason))
 
 
+class NotServed(MLServerError):
+    """501: a route of the protocol that this model does not serve (KServe V1 ``:explain``)."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg, status.HTTP_501_NOT_IMPLEMENTED)
+
+    def __reduce__(self):
+        return (type(self), (str(self),))
+
+
 class InternalError(MLServerError):
     """An unexpected failure inside the model call, reported without a traceback."""
 

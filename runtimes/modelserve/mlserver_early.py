@@ -48,6 +48,18 @@ def patch_worker(module) -> None:
 
     run.modelserve_patched = True  # type: ignore[attr-defined]
     worker.run = run
+    module.logger.addFilter(_one_line_errors)
+
+
+def _one_line_errors(record) -> bool:
+    """A logging filter for MLServer's worker logger (``mlserver.parallel``), which logs every exception a model
+    raises with its traceback (``Worker._process_request``): a client's bad request or a model's load error
+    (MLServer errors, which carry their status code and say what is wrong) is logged as one line instead."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is not None and isinstance(getattr(exc, "status_code", None), int):
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        record.msg, record.args, record.exc_info, record.exc_text = f"{record.getMessage()} {first}", (), None, None
+    return True
 
 
 def patch_rest_app(module) -> None:
@@ -72,9 +84,92 @@ def patch_rest_app(module) -> None:
 
     __init__.modelserve_patched = True  # type: ignore[attr-defined]
     route.__init__ = __init__
+    patch_create_app(module)
 
 
-PATCHES = {"mlserver.parallel.worker": patch_worker, "mlserver.rest.app": patch_rest_app}
+def patch_create_app(module) -> None:
+    """MLServer 1.7.1's ``create_app`` (``mlserver.rest.app``) gets the front door (``modelserve.frontdoor``): the
+    binary tensor extension, deflate as well as gzip both ways, and streams never buffered by compression
+    (MLServer's GZipMiddleware, which it replaces, took gzip answers only and buffered V2 streams); and a handler
+    for FastAPI's ``RequestValidationError`` that answers a one-line 400, where FastAPI's echoed the whole input
+    in a 422 and crashed with a 500 on a body that is not UTF-8."""
+    original = module.create_app
+    if getattr(original, "modelserve_patched", False):
+        return
+
+    def create_app(settings, *args, **kwargs):
+        from fastapi.exceptions import RequestValidationError
+        from starlette.middleware.gzip import GZipMiddleware
+
+        from modelserve import frontdoor
+
+        app = original(settings, *args, **kwargs)
+        app.add_exception_handler(RequestValidationError, frontdoor.validation_error)
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
+        app.add_middleware(frontdoor.FrontDoor, compress_answers=bool(settings.gzip_enabled))
+        return app
+
+    create_app.modelserve_patched = True  # type: ignore[attr-defined]
+    module.create_app = create_app
+
+
+def patch_worker_error(module) -> None:
+    """MLServer 1.7.1's ``WorkerError`` (``mlserver.parallel.errors``) prefixes a worker's error with its class's
+    import path, so a client's 400 read "modelserve.errors.BadRequest: input 'x': ..." with parallel workers and
+    "input 'x': ..." in-process. An MLServer error (which carries its status and says what is wrong) keeps its own
+    message; any other exception keeps MLServer's prefix, its only clue."""
+    error = module.WorkerError
+    if getattr(error.__init__, "modelserve_patched", False):
+        return
+    original = error.__init__
+
+    def __init__(self, exc: BaseException):
+        original(self, exc)
+        status = getattr(exc, "status_code", None)
+        if isinstance(status, int) and isinstance(exc, module.MLServerError):
+            module.MLServerError.__init__(self, str(exc), status)
+
+    __init__.modelserve_patched = True  # type: ignore[attr-defined]
+    error.__init__ = __init__
+
+
+def patch_no_signal_server(module) -> None:
+    """MLServer 1.7.1's ``_NoSignalServer`` (``mlserver.rest.server``, ``mlserver.metrics.server``) keeps uvicorn off
+    the process's signals by overriding ``install_signal_handlers``, which uvicorn 0.29+ no longer calls: its
+    ``capture_signals`` took SIGTERM from MLServer, and re-raised it when each uvicorn server ended, so one SIGTERM
+    reached MLServer's own handler again mid-shutdown (``modelserve.lifecycle`` reads a second signal as "stop
+    waiting"). MLServer's handlers are the only ones again."""
+    import contextlib
+
+    server = module._NoSignalServer
+    if getattr(server.capture_signals, "modelserve_patched", False):
+        return
+
+    def capture_signals(self):
+        return contextlib.nullcontext()
+
+    capture_signals.modelserve_patched = True  # type: ignore[attr-defined]
+    server.capture_signals = capture_signals
+
+
+def _lifecycle(name: str):
+    """A patch from ``modelserve.lifecycle`` (startup, health, shutdown, metric labels), imported when it applies."""
+
+    def patch(module) -> None:
+        from modelserve import lifecycle
+
+        getattr(lifecycle, name)(module)
+
+    return patch
+
+
+PATCHES = {"mlserver.parallel.worker": patch_worker, "mlserver.parallel.errors": patch_worker_error,
+           "mlserver.rest.app": patch_rest_app, "mlserver.rest.server": patch_no_signal_server,
+           "mlserver.metrics.server": patch_no_signal_server,
+           "mlserver.registry": _lifecycle("patch_registry"), "mlserver.server": _lifecycle("patch_server"),
+           "mlserver.handlers.dataplane": _lifecycle("patch_dataplane"),
+           "mlserver.rest.endpoints": _lifecycle("patch_endpoints"),
+           "mlserver.handlers.model_repository": _lifecycle("patch_repository")}
 """MLServer module -> the patch applied right after it is imported."""
 
 

@@ -19,7 +19,7 @@ from . import mlserver_compat
 from .backends import Backend
 from .codecs import v1_request_to_v2, v2_response_to_v1
 from .codecs.requests import parse_json
-from .errors import BadRequest, InternalError, ModelLoadError, RequestTimeout, one_line
+from .errors import BadRequest, InternalError, ModelLoadError, NotServed, RequestTimeout, one_line
 from .openai import routes as openai_routes
 from .options import RuntimeOptions, parse_options
 
@@ -58,6 +58,7 @@ class Runtime(MLModel):
         super().__init__(settings)
         self._add_route(f"/v1/models/{settings.name}:predict", "POST", "v1_predict", self._v1_predict)
         self._add_route(f"/v1/models/{settings.name}", "GET", "v1_model", self._v1_model)
+        self._add_route(f"/v1/models/{settings.name}:explain", "POST", "v1_explain", self._v1_explain)
         if self.openai_routes:
             openai_routes.add_routes(self)
 
@@ -239,6 +240,12 @@ class Runtime(MLModel):
 
     async def _v1_model(self) -> dict:
         return {"name": self.name, "ready": bool(self.ready)}
+
+    async def _v1_explain(self, body: Any) -> dict:
+        """KServe V1's ``:explain``: no runtime here serves explanations (an explainer is a KServe component of its
+        own); a clear 501 rather than a bare 404."""
+        raise NotServed(f"model '{self.name}' does not serve explanations (V1 :explain); "
+                        f"use /v1/models/{self.name}:predict")
 
 
 class _CountedStream:

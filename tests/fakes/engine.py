@@ -1,10 +1,11 @@
 """A stand-in engine server for the supervision tests: answers /health, logs, and misbehaves on request.
 
-python tests/fakes/engine.py PORT [--child] [--never-ready] [--crash-if FILE] [--ignore-term]
+python tests/fakes/engine.py PORT [--child] [--never-ready] [--crash-if FILE] [--ignore-term] [--start-delay S]
   --child        also starts a grandchild (`sleep`) and prints its pid, to test that the tree is stopped
   --never-ready  /health answers 503 for ever
   --crash-if F   exits with status 3 at once while file F exists (a crash loop)
   --ignore-term  ignores SIGTERM, so only SIGKILL stops it
+  --start-delay S  waits S seconds before it listens (an engine loading its model)
 Only the standard library: it stands for an engine in another Python environment.
 """
 
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 args = sys.argv[1:]
 port = int(args[0])
@@ -25,6 +27,8 @@ if "--child" in args:
     child = subprocess.Popen(["sleep", "600"])
     print(f"fake engine: child pid {child.pid}", flush=True)
 ready = "--never-ready" not in args
+if "--start-delay" in args:
+    time.sleep(float(args[args.index("--start-delay") + 1]))
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

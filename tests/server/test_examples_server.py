@@ -76,3 +76,45 @@ def test_speech_example_transcribes_an_uploaded_file(examples):
                         timeout=120)
     assert res.status_code == 200, res.text
     assert res.json()["outputs"][0]["name"] == "text"
+
+
+def _triton_inputs(examples, name):
+    """tritonclient.http inputs (binary, its default) for one example model, from its metadata."""
+    import tritonclient.http as httpclient
+
+    meta = requests.get(f"{examples.url}/v2/models/{name}", timeout=10).json()
+    inputs = []
+    specs = meta["inputs"][:1] if meta["inputs"][0]["datatype"] == "BYTES" else meta["inputs"]  # text: one tensor
+    for n, spec in enumerate(specs):
+        if spec["datatype"] == "BYTES":
+            value = encode_audio(speech_like(1.0), "flac") if name == "tiny-whisper" else b"a quiet town by the sea"
+            arr = np.array([value], dtype=object)
+        elif len(specs) > 1:  # one column per feature
+            arr = np.array([5.1 - 0.5 * n])
+        else:
+            arr = np.array([[5.1, 3.5, 1.4, 0.2]])
+        inp = httpclient.InferInput(spec["name"], list(arr.shape), spec["datatype"] if arr.dtype != float else "FP64")
+        inp.set_data_from_numpy(arr)
+        inputs.append(inp)
+    return inputs
+
+
+PARAMETERS = {"tiny-generation": {"max_new_tokens": 3}, "tiny-llama": {"max_tokens": 3, "temperature": 0},
+              "tiny-whisper": {"temperature": 0, "beam_size": 1}}
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "deflate"])
+def test_tritonclient_with_its_default_arguments_on_every_example(examples, compression):
+    """tritonclient.http as a new user calls it: the binary tensor extension both ways, compressed or not."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(examples.url.removeprefix("http://"), network_timeout=120)
+    for name in examples.names:
+        res = client.infer(name, _triton_inputs(examples, name), parameters=PARAMETERS.get(name),
+                           request_compression_algorithm=compression, response_compression_algorithm=compression)
+        outputs = res.get_response()["outputs"]
+        assert outputs and all("binary_data_size" in o["parameters"] for o in outputs), (name, outputs)
+        first = res.as_numpy(outputs[0]["name"])
+        assert first is not None and first.size > 0, name
+        if outputs[0]["datatype"] == "BYTES":
+            assert all(isinstance(v, bytes) for v in first.reshape(-1)), name

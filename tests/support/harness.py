@@ -57,7 +57,8 @@ class MLServerProcess:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = 120):
+    def start(self, timeout: float = 120, until: str = "/v2/health/ready"):
+        """Starts it and waits until ``until`` answers 200 (``/v2/health/live`` where a model is meant to fail)."""
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      cwd=self.cwd, process_group=0)
@@ -66,7 +67,7 @@ class MLServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlserver exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
             try:
-                if requests.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                if requests.get(self.url + until, timeout=1).status_code == 200:
                     return self
             except requests.RequestException:
                 pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -219,6 +220,81 @@ CASES: List[Case] = _http_cases() + _grpc_cases() + [
     Case("hf-v2-empty-tensor-of-impossible-shape", "v2-http", "minilm", "/v2/models/minilm/infer",
          _v2("minilm", [_t([0, 2 ** 62, 2 ** 62], [], "BYTES", "text")])),
 ]
+
+def _binary(header: dict, raw: bytes, length: Optional[int] = None) -> bytes:
+    """A binary tensor extension body: the JSON header, then ``raw``; ``length`` (default: the header's) goes in
+    the Inference-Header-Content-Length header by _binary_case."""
+    return json.dumps(header).encode() + raw
+
+
+def _binary_case(id_: str, model: str, header: dict, raw: bytes, length: Optional[int] = None,
+                 needle: str = "") -> Case:
+    body = _binary(header, raw)
+    size = len(json.dumps(header).encode()) if length is None else length
+    return Case(id_, "v2-http", model, f"/v2/models/{model}/infer", body,
+                {"Inference-Header-Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                needle=needle)
+
+
+def _binary_input(name: str, shape: list, datatype: str, size: int) -> dict:
+    return {"name": name, "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}
+
+
+NUMERIC_DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                     "FP16", "FP32", "FP64"]
+
+
+def _front_door_cases() -> List[Case]:
+    """The front door (modelserve.frontdoor, binary_tensors): binary garbage on every runtime, broken binary
+    extension bodies, compressed bodies that are not, and JSON values whose type does not fit the datatype."""
+    garbage = struct.pack("<8f", *range(8))
+    c = [Case(f"{m}-raw-float32-bytes", "v2-http", m, f"/v2/models/{m}/infer", garbage,
+              {"Content-Type": "application/octet-stream"}, needle="binary")
+         for m in ("iris", "iris-mlflow", "minilm")]
+    row = _binary_input("input-0", [1, 4], "FP64", 32)
+    c += [
+        _binary_case("binary-header-beyond-the-body", "iris", {"inputs": [row]}, b"\0" * 32, length=5000,
+                     needle="beyond"),
+        _binary_case("binary-truncated-tensor", "iris", {"inputs": [row]}, struct.pack("<3d", 1, 2, 3),
+                     needle="body ended"),
+        _binary_case("binary-size-does-not-fit-the-shape", "iris",
+                     {"inputs": [_binary_input("input-0", [1, 4], "FP64", 24)]}, struct.pack("<3d", 1, 2, 3),
+                     needle="does not fit"),
+        _binary_case("binary-bytes-after-the-tensors", "iris", {"inputs": [row]}, struct.pack("<5d", *range(5)),
+                     needle="after the binary inputs"),
+        _binary_case("binary-header-not-json", "iris", {"inputs": [row]}, b"", length=3, needle="not valid json"),
+        _binary_case("binary-negative-header-length", "iris", {"inputs": [row]}, b"\0" * 32, length=-3),
+        _binary_case("binary-bytes-element-overruns", "minilm",
+                     {"inputs": [_binary_input("text", [1], "BYTES", 8)]}, struct.pack("<I", 99) + b"abcd",
+                     needle="claims 99 bytes"),
+        _binary_case("binary-unknown-datatype", "iris", {"inputs": [_binary_input("input-0", [1, 4], "FP128", 32)]},
+                     b"\0" * 32, needle="unknown datatype"),
+        Case("gzip-body-that-is-not", "v2-http", "iris", "/v2/models/iris/infer", b"\x1f\x8b not gzip at all",
+             {"Content-Type": "application/json", "Content-Encoding": "gzip"}, needle="gzip"),
+        Case("deflate-body-truncated", "v2-http", "iris", "/v2/models/iris/infer",
+             zlib.compress(json.dumps(GOOD_V2["iris"]).encode())[:20],
+             {"Content-Type": "application/json", "Content-Encoding": "deflate"}, needle="truncated"),
+        Case("unsupported-content-encoding", "v2-http", "iris", "/v2/models/iris/infer", b"{}",
+             {"Content-Type": "application/json", "Content-Encoding": "br"}, needle="not supported"),
+        Case("v2-wrong-json-types", "v2-http", "iris", "/v2/models/iris/infer",
+             {"inputs": [{"name": "input-0", "shape": "1x4", "datatype": 7, "data": IRIS_ROW}]}, needle="shape"),
+        Case("v2-missing-inputs-key", "v2-http", "iris", "/v2/models/iris/infer", {"id": "x"}, needle="'inputs'"),
+    ]
+    for dt in NUMERIC_DATATYPES:
+        if dt != "BOOL":
+            c.append(Case(f"v2-booleans-in-{dt.lower()}", "v2-http", "iris", "/v2/models/iris/infer",
+                          _v2("iris", [_t([1, 4], [True, True, True, True], dt)]), needle="boolean"))
+        c.append(Case(f"v2-null-in-{dt.lower()}", "v2-http", "iris", "/v2/models/iris/infer",
+                      _v2("iris", [_t([1, 4], [None, 1, 0, 1] if dt == "BOOL" else [None, 1, 2, 3], dt)]),
+                      needle="null"))
+    c.append(Case("v2-numbers-in-bool", "v2-http", "iris", "/v2/models/iris/infer",
+                  _v2("iris", [_t([1, 4], [1, 0, 1, 0], "BOOL")]), needle="holds 1"))
+    c.append(Case("v2-fractions-in-int32", "v2-http", "iris", "/v2/models/iris/infer",
+                  _v2("iris", [_t([1, 4], [1.5, 2, 3, 4], "INT32")]), needle="integers"))
+    return c
+
+
+CASES += _front_door_cases()
 
 KNOWN_GAPS: List[Case] = []
 """Bad inputs that are not refused cleanly yet, each with the reason; sent and counted apart."""

@@ -10,14 +10,14 @@ import numpy as np
 
 from ..errors import BadRequest
 from .requests import datatype_of
-from .tensors import decode_array
+from .tensors import decode_array, raw_data
 
 
 def audio_rows(inp) -> List[Any]:
     """Input ``audio`` as clips: bytes (files, decoded later in the engine's threads) or float32 PCM."""
     datatype = datatype_of(inp)
     if datatype == "BYTES":
-        raw = inp.data.root if hasattr(inp.data, "root") else inp.data
+        raw = raw_data(inp)
         values = raw if isinstance(raw, list) else [raw]
         values = [v for row in values for v in (row if isinstance(row, list) else [row])]
         shape = list(inp.shape)

@@ -18,7 +18,7 @@ from mlserver.types import InferenceRequest, MetadataTensor, RequestInput, Respo
 from ..errors import BadRequest, one_line
 from .mlflow_results import encode_result
 from .requests import datatype_of
-from .tensors import decode_array, decode_column, flat
+from .tensors import decode_array, decode_column, flat, raw_data
 
 try:  # nested column types, newer than the oldest mlflow we support; () matches nothing in isinstance
     from mlflow.types.schema import Array, Object
@@ -52,7 +52,7 @@ _INTS = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64
 
 
 def _raw(inp: RequestInput) -> Any:
-    return inp.data.root if hasattr(inp.data, "root") else inp.data
+    return raw_data(inp)
 
 
 def numpy_v2_datatype(dtype: np.dtype) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from typing import Any, List, Optional
 
@@ -39,6 +41,32 @@ def flat(data: Any) -> List[Any]:
     return out
 
 
+def raw_data(inp: RequestInput) -> Any:
+    """The tensor's ``data`` as sent; a BYTES input whose ``content_type`` parameter is ``base64`` (MLServer's
+    Base64Codec, and how the binary tensor extension's raw elements reach the model: ``binary_tensors``) has its
+    elements decoded to bytes, as gRPC hands them over."""
+    raw = inp.data.root if hasattr(inp.data, "root") else inp.data
+    params = inp.parameters
+    if getattr(params, "content_type", None) != "base64" or datatype_of(inp) != "BYTES":
+        return raw
+
+    count = 0
+
+    def unpack(value: Any) -> Any:
+        nonlocal count
+        if isinstance(value, list):
+            return [unpack(v) for v in value]
+        index, count = count, count + 1
+        if not isinstance(value, (str, bytes)):
+            return value
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"input '{inp.name}': content_type base64 but element {index} is not base64") from None
+
+    return unpack(raw)
+
+
 def decode_array(inp: RequestInput) -> np.ndarray:
     """The tensor as an ndarray of its declared shape; BYTES become an object array of str."""
     shape = list(inp.shape)
@@ -46,7 +74,7 @@ def decode_array(inp: RequestInput) -> np.ndarray:
         raise BadRequest(f"input '{inp.name}': shape {shape} has a negative dimension")
     expected = math.prod(shape)
     dtype = datatype_of(inp)
-    raw = inp.data.root if hasattr(inp.data, "root") else inp.data
+    raw = raw_data(inp)
     if dtype == "BYTES":
         if isinstance(raw, (bytes, str)):
             raw = [raw]
@@ -69,6 +97,7 @@ def decode_array(inp: RequestInput) -> np.ndarray:
             raise BadRequest(f"input '{inp.name}': raw data does not fit {dtype}: {exc}") from None
     else:
         values = flat(raw)
+        _check_json_types(inp.name, dtype, values)
         try:
             # numpy infers the kind first: strings, None or nested lists never pass as numbers
             probe = np.asarray(values)
@@ -77,6 +106,9 @@ def decode_array(inp: RequestInput) -> np.ndarray:
         if probe.dtype.kind not in "biuf":
             bad = next((v for v in values if isinstance(v, (str, bytes, list, dict)) or v is None), values)
             raise BadRequest(f"input '{inp.name}': datatype {dtype} but the data holds {bad!r}")
+        if probe.dtype.kind == "f" and dtype not in _FLOATS and not np.array_equal(probe, np.trunc(probe)):
+            bad = next(v for v in values if isinstance(v, float) and not v.is_integer())
+            raise BadRequest(f"input '{inp.name}': datatype {dtype} takes integers, the data holds {bad!r}")
         try:
             arr = np.asarray(values, dtype=np_dtype) if probe.dtype != np_dtype else probe
         except (ValueError, TypeError, OverflowError) as exc:
@@ -84,6 +116,23 @@ def decode_array(inp: RequestInput) -> np.ndarray:
     if arr.size != expected:
         raise BadRequest(f"input '{inp.name}': shape {shape} needs {expected} values, got {arr.size}")
     return _shaped(inp, arr, shape)
+
+
+_FLOATS = {"FP16", "FP32", "FP64"}
+_JSON_TYPES = {"BOOL": {bool}}  # every other numeric datatype takes JSON numbers: int, or float (integral for ints)
+
+
+def _check_json_types(name: str, dtype: str, values: List[Any]) -> None:
+    """A JSON value whose type does not fit the datatype is a 400: true/false only in BOOL, numbers only in the
+    others (numpy would read ``true`` as 1.0 in FP32, and a bool among ints as an int). One pass over the
+    values' types, at C speed."""
+    allowed = _JSON_TYPES.get(dtype, {int, float})
+    types = set(map(type, values))
+    if types <= allowed:
+        return
+    bad = next(v for v in values if type(v) not in allowed)
+    what = "null" if bad is None else f"a boolean ({bad!r})" if isinstance(bad, bool) else repr(bad)
+    raise BadRequest(f"input '{name}': datatype {dtype} but the data holds {what}")
 
 
 def _shaped(inp: RequestInput, arr: np.ndarray, shape: List[int]) -> np.ndarray:

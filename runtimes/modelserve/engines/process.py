@@ -82,7 +82,8 @@ class EngineProcess:
         self._session: Optional[aiohttp.ClientSession] = None
         self._restart_task: Optional[asyncio.Task] = None
         self._retry_at = 0.0
-        self._startup_seconds = 10.0
+        self._startup_seconds = 10.0  # the last observed start, until one is observed
+        self._spawned_at = 0.0  # when the engine now starting was spawned (0: none is starting)
 
     @property
     def base_url(self) -> str:
@@ -122,8 +123,16 @@ class EngineProcess:
             return
         if self.state == "failed":
             raise Unavailable(f"model '{self.name}': engine failed and will not be restarted: {self.failure}")
-        wait = max(1.0, self._retry_at - time.monotonic()) + self._startup_seconds
-        raise Unavailable(f"model '{self.name}': engine is {self.state}, retry later", retry_after=round(wait))
+        raise Unavailable(f"model '{self.name}': engine is {self.state}, retry later",
+                          retry_after=round(self.expected_wait()))
+
+    def expected_wait(self) -> float:
+        """Seconds until the engine should answer again, for ``Retry-After``: the backoff left, plus its last
+        observed start time less what this start has already taken (at least 1 s)."""
+        now = time.monotonic()
+        if self._spawned_at and now >= self._retry_at:  # starting now
+            return max(1.0, self._startup_seconds - (now - self._spawned_at))
+        return max(0.0, self._retry_at - now) + max(1.0, self._startup_seconds)
 
     def unavailable(self, exc: BaseException) -> Unavailable:
         """The error for a request whose connection to the engine broke (the engine died mid-request)."""
@@ -144,7 +153,7 @@ class EngineProcess:
         env = dict(os.environ)
         env.update(self._env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
-        started = time.monotonic()
+        started = self._spawned_at = time.monotonic()
         try:
             # Spawned from the event loop's thread: the guard's parent-death signal follows that thread.
             self._proc = subprocess.Popen(
@@ -174,7 +183,7 @@ class EngineProcess:
                     self.name, f"engine exited with status {self._exited.result()} while starting; "
                     f"last output: {self.last_lines()}")
             if await self._healthy():
-                self._startup_seconds = time.monotonic() - started
+                self._startup_seconds, self._spawned_at = time.monotonic() - started, 0.0
                 logger.info("model '%s': engine ready on port %d after %.1f s",
                             self.name, self.port, self._startup_seconds)
                 return

@@ -1,0 +1,338 @@
+"""The front door of MLServer's REST app: what a client may put on the wire besides a plain JSON body.
+
+``FrontDoor`` is an ASGI middleware placed outermost on MLServer 1.7.1's FastAPI app (``mlserver_early`` wraps
+``mlserver.rest.app.create_app``), in the main process, so it serves every model in both MLServer modes:
+
+- **compressed request bodies**: ``Content-Encoding: gzip`` / ``deflate`` (tritonclient's
+  ``request_compression_algorithm``), decompressed with a cap (``MODELSERVE_MAX_BODY_BYTES``, 256 MiB), so a
+  small bomb cannot fill memory; anything else is a 415, a corrupt stream a 400;
+- **compressed answers**: ``Accept-Encoding: gzip`` / ``deflate`` (``response_compression_algorithm``) when
+  MLServer's ``gzip_enabled`` is on, for answers of 500 bytes or more and never for event streams (MLServer's
+  own GZipMiddleware, which this replaces, buffered V2 streams);
+- **the binary tensor data extension** (KServe V2 / Triton; ``binary_tensors``) on
+  ``/v2/models/{name}[/versions/{v}]/infer``: a binary request becomes the V2 JSON request MLServer takes; the
+  answer's outputs go binary where the request asks for them (also for a JSON request asking binary outputs).
+
+Everything else passes through untouched; the model, MLServer's metrics, logging and errors see a plain JSON
+request. Errors here answer MLServer's one-line ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from . import binary_tensors
+
+INFER = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+HEADER_LENGTH = b"inference-header-content-length"
+MAX_BODY = int(os.environ.get("MODELSERVE_MAX_BODY_BYTES", str(256 << 20)))
+"""The most bytes a request body may hold once decompressed."""
+BODY = "modelserve.body"  # the scope key of the body as the app received it
+MIN_COMPRESS = 500  # as starlette's GZipMiddleware: smaller answers are sent as they are
+
+Scope = Dict[str, Any]
+Headers = List[Tuple[bytes, bytes]]
+
+
+class Refused(Exception):
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status = status
+
+
+def _header(headers: Headers, name: bytes) -> Optional[bytes]:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _without(headers: Headers, *names: bytes) -> Headers:
+    return [(k, v) for k, v in headers if k not in names]
+
+
+def decompress(body: bytes, encoding: str) -> bytes:
+    """The body of ``Content-Encoding`` ``encoding`` (a list, applied in order), at most ``MAX_BODY`` bytes."""
+    for coding in reversed([c.strip().lower() for c in encoding.split(",") if c.strip()]):
+        if coding == "identity":
+            continue
+        if coding not in ("gzip", "x-gzip", "deflate"):
+            raise Refused(415, f"Content-Encoding '{coding}' is not supported (gzip, deflate, identity)")
+        # gzip: a gzip header; deflate: zlib-wrapped, as RFC 9110 says, or raw deflate, as some clients send
+        wbits = (16 + zlib.MAX_WBITS) if coding != "deflate" else (zlib.MAX_WBITS if body[:1] == b"\x78" else
+                                                                   -zlib.MAX_WBITS)
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, MAX_BODY + 1)
+        except zlib.error as exc:
+            raise Refused(400, f"the body is not valid {coding} data ({exc})") from None
+        if len(out) > MAX_BODY or inflater.unconsumed_tail:
+            raise Refused(413, f"the body is over {MAX_BODY} bytes once decompressed (MODELSERVE_MAX_BODY_BYTES)")
+        if not inflater.eof:
+            raise Refused(400, f"the body is truncated {coding} data")
+        body = out
+    return body
+
+
+def compress(body: bytes, coding: str) -> bytes:
+    if coding == "gzip":
+        packer = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    else:
+        packer = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS)
+    return packer.compress(body) + packer.flush()
+
+
+def accepted_coding(accept: Optional[bytes]) -> Optional[str]:
+    """gzip or deflate if ``Accept-Encoding`` takes it (q > 0), gzip first."""
+    if not accept:
+        return None
+    taken = {}
+    for part in accept.decode("latin-1").lower().split(","):
+        name, _, params = part.strip().partition(";")
+        q = 1.0
+        if params.strip().startswith("q="):
+            try:
+                q = float(params.strip()[2:])
+            except ValueError:
+                q = 0.0
+        taken[name.strip()] = q
+    for coding in ("gzip", "deflate"):
+        if taken.get(coding, taken.get("*", 0.0)) > 0:
+            return coding
+    return None
+
+
+async def _read(receive) -> bytes:
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refused(400, "the client went away before its body arrived")
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _error(status: int, msg: str) -> Tuple[int, Headers, bytes]:
+    body = binary_tensors.encode_json({"error": msg})
+    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
+
+
+class FrontDoor:
+    def __init__(self, app: Callable, compress_answers: bool = True):
+        self.app = app
+        self.compress_answers = compress_answers
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers: Headers = scope.get("headers") or []
+        encoding = _header(headers, b"content-encoding")
+        header_length = _header(headers, HEADER_LENGTH)
+        coding = accepted_coding(_header(headers, b"accept-encoding")) if self.compress_answers else None
+        infer = scope.get("method") == "POST" and INFER.match(scope.get("path", "")) is not None
+        if not (encoding or infer or coding):
+            return await self.app(scope, receive, send)
+
+        binary_out: Optional[Callable[[List[str]], set]] = None
+        if encoding or infer:
+            try:
+                body = await _read(receive)
+                if encoding:
+                    body = decompress(body, encoding.decode("latin-1"))
+                    headers = _without(headers, b"content-encoding")
+                if infer and header_length is not None:
+                    request = binary_tensors.decode_request(body, header_length.decode("latin-1"))
+                    binary_out = _take_binary_rule(request)
+                    body = binary_tensors.encode_json(request)
+                    headers = _without(headers, HEADER_LENGTH, b"content-type")
+                    headers.append((b"content-type", b"application/json"))
+                elif infer and b"binary_data" in body:  # a JSON request that may ask for binary outputs
+                    request = _json_or_none(body)
+                    binary_out = _take_binary_rule(request)
+                    if binary_out is not None:
+                        body = binary_tensors.encode_json(request)
+            except Refused as exc:
+                return await _send(send, *_error(exc.status, str(exc)))
+            except binary_tensors.BinaryError as exc:
+                return await _send(send, *_error(400, f"binary tensor request: {exc}"))
+            headers = _without(headers, b"content-length") + [(b"content-length", str(len(body)).encode())]
+            receive = _replay(body, receive)
+            scope = {**scope, BODY: body}  # for validation_error's message
+        if coding:  # the answer is compressed here, not by the app
+            headers = _without(headers, b"accept-encoding")
+        if not (coding or binary_out):
+            return await self.app({**scope, "headers": headers}, receive, send)
+        await self.app({**scope, "headers": headers}, receive, _Answer(send, coding, binary_out).send)
+
+
+try:
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - orjson comes with MLServer
+    from json import loads as _loads
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return _loads(body)
+    except ValueError:
+        return None  # MLServer answers the bad JSON
+
+
+def _take_binary_rule(request: Any) -> Optional[Callable[[List[str]], set]]:
+    """Which outputs the answer sends binary (``binary_tensors.binary_outputs``), and the request without the
+    extension's own parameters (``binary_data_output``, each output's ``binary_data``): they are the front
+    door's, and a model that refuses parameters it does not know must not see them. None: nothing to do."""
+    if not isinstance(request, dict):
+        return None
+    params, outputs = request.get("parameters"), request.get("outputs")
+    outputs = outputs if isinstance(outputs, list) else []
+    own = [o["parameters"] for o in outputs if isinstance(o, dict) and isinstance(o.get("parameters"), dict)]
+    snapshot = {"parameters": dict(params) if isinstance(params, dict) else params,
+                "outputs": [{**o, "parameters": dict(o["parameters"])} if isinstance(o, dict) and
+                            isinstance(o.get("parameters"), dict) else o for o in outputs]}
+    if isinstance(params, dict):
+        params.pop("binary_data_output", None)
+    for p in own:
+        p.pop("binary_data", None)
+    if isinstance(params, dict) and not params:
+        del request["parameters"]
+    for out in outputs:
+        if isinstance(out, dict) and out.get("parameters") == {}:
+            del out["parameters"]
+    return lambda names: binary_tensors.binary_outputs(snapshot, names)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()  # the app listening for the client's disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _send(send, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Answer:
+    """Buffers one answer to re-encode it (binary outputs, then compression); streams pass through."""
+
+    def __init__(self, send, coding: Optional[str], binary_out):
+        self._send, self.coding, self.binary_out = send, coding, binary_out
+        self.start: Optional[dict] = None
+        self.chunks: List[bytes] = []
+        self.passing = False
+
+    async def send(self, message: dict) -> None:
+        if self.passing:
+            return await self._send(message)
+        if message["type"] == "http.response.start":
+            headers = message.get("headers") or []
+            ctype = (_header(headers, b"content-type") or b"").lower()
+            if b"text/event-stream" in ctype or _header(headers, b"content-encoding"):
+                self.passing = True
+                return await self._send(message)
+            self.start = message
+            return
+        if message["type"] != "http.response.body":
+            return await self._send(message)
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        await self._finish(b"".join(self.chunks))
+
+    async def _finish(self, body: bytes) -> None:
+        assert self.start is not None
+        status, headers = self.start["status"], list(self.start.get("headers") or [])
+        ctype = (_header(headers, b"content-type") or b"").lower()
+        if self.binary_out is not None and status == 200 and b"json" in ctype:
+            response = _json_or_none(body)
+            if isinstance(response, dict) and isinstance(response.get("outputs"), list):
+                names = [o.get("name") for o in response["outputs"] if isinstance(o, dict)]
+                wanted = self.binary_out(names)
+                if wanted:
+                    body, length = binary_tensors.encode_response(response, wanted)
+                    if length is not None:
+                        headers = _without(headers, b"content-type")
+                        headers += [(b"content-type", b"application/octet-stream"),
+                                    (HEADER_LENGTH, str(length).encode())]
+        if self.coding and len(body) >= MIN_COMPRESS:
+            body = compress(body, self.coding)
+            headers = _without(headers, b"content-encoding") + [(b"content-encoding", self.coding.encode())]
+            vary = _header(headers, b"vary")
+            if not vary or b"accept-encoding" not in vary.lower():
+                headers = _without(headers, b"vary") + [(b"vary", (vary + b", " if vary else b"") + b"Accept-Encoding")]
+        headers = _without(headers, b"content-length") + [(b"content-length", str(len(body)).encode())]
+        await _send(self._send, status, headers, body)
+
+
+# -- FastAPI's request validation errors --------------------------------------------------------------------
+def _where(loc: Any) -> str:
+    parts = [str(p) for p in (loc or ()) if p != "body"]
+    return ".".join(parts) if parts else "the body"
+
+
+def validation_message(errors: List[dict]) -> str:
+    """FastAPI's validation errors as one line naming the first problem, never echoing the input back."""
+    if not errors:
+        return "the body is not a valid request"
+    first = errors[0]
+    kind, msg = first.get("type", ""), str(first.get("msg", "invalid")).splitlines()[0]
+    if kind == "json_invalid":
+        why = (first.get("ctx") or {}).get("error")
+        text = f"the body is not valid JSON ({why})" if why else "the body is not valid JSON"
+    elif kind == "missing":
+        text = f"the body has no '{_where(first.get('loc'))}'" if _where(first.get("loc")) != "the body" else \
+            "the body is empty"
+    else:
+        text = f"{_where(first.get('loc'))}: {msg}"
+    more = len(errors) - 1
+    return f"invalid request: {text}" + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+async def validation_error(request, exc) -> Any:
+    """The handler MLServer's app gets for ``RequestValidationError``: FastAPI's own answers a 422 ``detail`` list
+    that echoes the whole input back, and raises ``UnicodeDecodeError`` (a plain-text 500) on a body that is not
+    UTF-8."""
+    from starlette.responses import Response
+
+    errors = _safe_errors(exc)
+    msg = _not_an_object(request, errors) or validation_message(errors)
+    status, headers, body = _error(400, msg)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _not_an_object(request, errors: List[dict]) -> Optional[str]:
+    """The whole body is the problem (not JSON, not UTF-8, or JSON of another type): say which."""
+    if not errors or tuple(errors[0].get("loc") or ()) != ("body",) or errors[0].get("type") == "missing":
+        return None
+    raw = request.scope.get(BODY)
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    ctype = request.headers.get("content-type") or "none"
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return (f"invalid request: the body is binary data (Content-Type {ctype}), not a JSON request; raw tensors "
+                "need the binary tensor extension (an Inference-Header-Content-Length header)")
+    value = _json_or_none(text.encode())
+    if value is None and text.strip() not in ("null",):
+        return f"invalid request: the body is not JSON (Content-Type {ctype})"
+    return f"invalid request: the body must be a JSON object, got {type(value).__name__ if value is not None else 'null'}"
+
+
+def _safe_errors(exc) -> List[dict]:
+    try:
+        return list(exc.errors())
+    except Exception:  # pragma: no cover - errors() itself decoding the input
+        return []
