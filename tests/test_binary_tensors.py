@@ -11,6 +11,7 @@ import pytest
 from tritonclient.http import InferInput, InferRequestedOutput, InferResult
 from tritonclient.http._utils import _get_inference_request
 
+from modelserve import binary_tensors
 from modelserve.binary_tensors import BinaryError, binary_outputs, decode_request, encode_json, encode_response
 
 I64, U64 = np.iinfo(np.int64), np.iinfo(np.uint64)
@@ -289,3 +290,19 @@ def test_malformed_responses_name_the_problem(out, needle):
     with pytest.raises(BinaryError) as info:
         encode_response({"outputs": [{"name": "y", **out}]}, {"y"})
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_raw_mode_keeps_each_binary_inputs_bytes_and_json_values_gives_the_json_data():
+    """decode_request(..., raw): the bytes the model's codec reads (no Python list built); json_values: the
+    same values as the JSON mode gives, for a model that is not ours."""
+    x, s = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([b"ok", b"\xff\x00"], dtype=object)
+    inputs = [tensor("x", x, "FP32"), tensor("j", np.array([1, 2], np.int64), "INT64", binary=False),
+              tensor("s", s, "BYTES")]
+    body, size = body_of(inputs)
+    raws = {}
+    request = decode_request(body, size, raws)
+    assert set(raws) == {0, 2} and raws[0] == x.tobytes() and raws[2] == [b"ok", b"\xff\x00"]
+    assert [i["data"] for i in request["inputs"]] == [[], [1, 2], []]
+    plain = decode_request(*body_of(inputs))
+    assert binary_tensors.json_values("FP32", raws[0]) == plain["inputs"][0]["data"]
+    assert binary_tensors.json_values("BYTES", raws[2]) == plain["inputs"][2]["data"]

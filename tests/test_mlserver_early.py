@@ -25,7 +25,7 @@ MARKS = {
     "mlserver.registry": "MultiModelRegistry.load",
     "mlserver.server": "MLServer.start",
     "mlserver.handlers.dataplane": "DataPlane.ready",
-    "mlserver.rest.endpoints": "Endpoints.ready",
+    "mlserver.rest.endpoints": "Endpoints.ready Endpoints.infer",
     "mlserver.handlers.model_repository": "ModelRepositoryHandlers._to_item",
 }
 
@@ -35,11 +35,13 @@ def test_every_patch_applies_as_mlserver_is_imported_in_a_fresh_interpreter():
     code = ("import importlib, json, sys\n"
             "import mlserver.server\n"  # as `mlserver start` does: the .pth armed the patches at start
             f"marks = {MARKS!r}\nout = {{}}\n"
-            "for mod, attr in marks.items():\n"
-            "    obj = importlib.import_module(mod)\n"
-            "    for part in attr.split('.'):\n"
-            "        obj = getattr(obj, part)\n"
-            "    out[mod] = bool(getattr(obj, 'modelserve_patched', False))\n"
+            "for mod, attrs in marks.items():\n"
+            "    out[mod] = True\n"
+            "    for attr in attrs.split():\n"
+            "        obj = importlib.import_module(mod)\n"
+            "        for part in attr.split('.'):\n"
+            "            obj = getattr(obj, part)\n"
+            "        out[mod] = out[mod] and bool(getattr(obj, 'modelserve_patched', False))\n"
             "print(json.dumps(out))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

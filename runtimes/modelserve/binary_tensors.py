@@ -61,8 +61,12 @@ def _header_length(value: Union[str, int, None], size: int) -> int:
     return n
 
 
-def decode_request(body: bytes, header_length: Union[str, int, None]) -> Dict[str, Any]:
+def decode_request(body: bytes, header_length: Union[str, int, None],
+                   raw: Optional[Dict[int, Any]] = None) -> Dict[str, Any]:
     """The V2 JSON request with every binary input turned into a flat, row-major ``data`` list.
+
+    With ``raw`` (a dict to fill), binary inputs keep their bytes instead: ``raw[i]`` is input i's bytes (a
+    list of bytes for BYTES) and its ``data`` is ``[]``, for ``json_values`` or the model's codec to read.
 
     ``binary_data_size`` leaves the input's parameters (and ``parameters`` goes if that empties it). Each
     binary input's size must be shape x itemsize (BYTES: its elements must fill it exactly and match the
@@ -81,17 +85,18 @@ def decode_request(body: bytes, header_length: Union[str, int, None]) -> Dict[st
         raise BinaryError("the JSON header's 'inputs' is not a list")
     buf = memoryview(body)[n:]
     offset = 0
-    for inp in inputs:
+    for index, inp in enumerate(inputs):
         params = inp.get("parameters") if isinstance(inp, dict) else None
         if isinstance(params, dict) and "binary_data_size" in params:
-            offset = _decode_input(inp, params, buf, offset)
+            offset = _decode_input(inp, params, buf, offset, raw, index)
     if offset != len(buf):
         raise BinaryError(f"the body holds {len(buf) - offset} bytes after the binary inputs' {offset}")
     return request
 
 
-def _decode_input(inp: Dict[str, Any], params: Dict[str, Any], buf: memoryview, offset: int) -> int:
-    """Fills ``inp["data"]`` from the bytes at ``offset``; returns the offset past them."""
+def _decode_input(inp: Dict[str, Any], params: Dict[str, Any], buf: memoryview, offset: int,
+                  raw: Optional[Dict[int, Any]] = None, index: int = 0) -> int:
+    """Fills ``inp["data"]`` (or ``raw[index]``) from the bytes at ``offset``; returns the offset past them."""
     name, datatype, shape = inp.get("name"), inp.get("datatype"), inp.get("shape")
     label = f"input {name!r}"
     size = params.pop("binary_data_size")
@@ -114,14 +119,17 @@ def _decode_input(inp: Dict[str, Any], params: Dict[str, Any], buf: memoryview, 
         raise BinaryError(f"{label} of datatype {datatype} has binary_data_size {size} but the body ended "
                           f"{len(buf) - offset} bytes in")
     chunk = buf[offset:end]
-    if dtype is None:
+    if datatype == "BOOL" and size and np.frombuffer(chunk, "<u1").max() > 1:
+        raise BinaryError(f"{label}: a BOOL byte is neither 0 nor 1")
+    if raw is not None and datatype != "BF16":
+        raw[index] = _bytes_elements(label, chunk, count, shape, b64=False) if dtype is None else bytes(chunk)
+        inp["data"] = []
+    elif dtype is None:
         inp["data"] = _bytes_elements(label, chunk, count, shape)
         inp.setdefault("parameters", {})["content_type"] = "base64"
     elif datatype == "BF16":  # widen to the float32 whose upper half it is: exact
         inp["data"] = (np.frombuffer(chunk, "<u2").astype("<u4") << 16).view("<f4").tolist()
     else:
-        if datatype == "BOOL" and size and np.frombuffer(chunk, "<u1").max() > 1:
-            raise BinaryError(f"{label}: a BOOL byte is neither 0 nor 1")
         inp["data"] = np.frombuffer(chunk, dtype).tolist()
     return end
 
@@ -131,7 +139,7 @@ def _check_shape(label: str, shape: Any) -> None:
         raise BinaryError(f"{label}: shape {shape!r} is not a list of non-negative integers")
 
 
-def _bytes_elements(label: str, chunk: memoryview, count: int, shape: List[int]) -> List[str]:
+def _bytes_elements(label: str, chunk: memoryview, count: int, shape: List[int], b64: bool = True) -> List[Any]:
     """Length-prefixed elements, which must fill the chunk exactly, as base64 text (the input gets
     ``content_type: base64``): JSON cannot carry raw bytes, and the model's codec (``codecs.tensors.raw_data``)
     hands them over as bytes again, exactly as gRPC does. Text and audio files alike arrive unchanged."""
@@ -144,11 +152,20 @@ def _bytes_elements(label: str, chunk: memoryview, count: int, shape: List[int])
         offset += 4
         if n > end - offset:
             raise BinaryError(f"{label}: BYTES element {len(out)} claims {n} bytes but {end - offset} remain")
-        out.append(base64.b64encode(chunk[offset:offset + n]).decode("ascii"))
+        piece = bytes(chunk[offset:offset + n])
+        out.append(base64.b64encode(piece).decode("ascii") if b64 else piece)
         offset += n
     if len(out) != count:
         raise BinaryError(f"{label}: BYTES data holds {len(out)} elements, shape {shape} needs {count}")
     return out
+
+
+def json_values(datatype: str, raw: Any) -> List[Any]:
+    """A ``raw`` entry of ``decode_request`` as the JSON ``data`` list (BYTES: base64 text, for an input whose
+    ``content_type`` is then ``base64``)."""
+    if datatype == "BYTES":
+        return [base64.b64encode(v).decode("ascii") for v in raw]
+    return np.frombuffer(raw, _DTYPES[datatype]).tolist()
 
 
 def binary_outputs(request: Dict[str, Any], output_names: Iterable[str]) -> Set[str]:

@@ -31,6 +31,7 @@ HEADER_LENGTH = b"inference-header-content-length"
 MAX_BODY = int(os.environ.get("MODELSERVE_MAX_BODY_BYTES", str(256 << 20)))
 """The most bytes a request body may hold once decompressed."""
 BODY = "modelserve.body"  # the scope key of the body as the app received it
+RAW = "modelserve.binary_inputs"  # the scope key of the binary inputs' bytes: {input index: (datatype, raw)}
 MIN_COMPRESS = 500  # as starlette's GZipMiddleware: smaller answers are sent as they are
 
 Scope = Dict[str, Any]
@@ -138,6 +139,7 @@ class FrontDoor:
             return await self.app(scope, receive, send)
 
         binary_out: Optional[Callable[[List[str]], set]] = None
+        extra: Dict[str, Any] = {}  # for the scope the app gets
         if encoding or infer:
             try:
                 body = await _read(receive)
@@ -145,7 +147,9 @@ class FrontDoor:
                     body = decompress(body, encoding.decode("latin-1"))
                     headers = _without(headers, b"content-encoding")
                 if infer and header_length is not None:
-                    request = binary_tensors.decode_request(body, header_length.decode("latin-1"))
+                    raws: Dict[int, Any] = {}  # the tensors' bytes, which patch_infer_endpoint hands over
+                    request = binary_tensors.decode_request(body, header_length.decode("latin-1"), raws)
+                    extra[RAW] = {i: (request["inputs"][i].get("datatype"), v) for i, v in raws.items()}
                     binary_out = _take_binary_rule(request)
                     body = binary_tensors.encode_json(request)
                     headers = _without(headers, HEADER_LENGTH, b"content-type")
@@ -161,7 +165,7 @@ class FrontDoor:
                 return await _send(send, *_error(400, f"binary tensor request: {exc}"))
             headers = _without(headers, b"content-length") + [(b"content-length", str(len(body)).encode())]
             receive = _replay(body, receive)
-            scope = {**scope, BODY: body}  # for validation_error's message
+            scope = {**scope, BODY: body, **extra}  # BODY: for validation_error's message
         if coding:  # the answer is compressed here, not by the app
             headers = _without(headers, b"accept-encoding")
         if not (coding or binary_out):
@@ -274,6 +278,71 @@ class _Answer:
                 headers = _without(headers, b"vary") + [(b"vary", (vary + b", " if vary else b"") + b"Accept-Encoding")]
         headers = _without(headers, b"content-length") + [(b"content-length", str(len(body)).encode())]
         await _send(self._send, status, headers, body)
+
+
+# -- the binary inputs' bytes, handed to the model ----------------------------------------------------------
+def patch_infer_endpoint(module) -> None:
+    """MLServer 1.7.1's ``Endpoints.infer`` (``mlserver.rest.endpoints``) gets the binary inputs that the front door
+    left out of the JSON it parsed (``RAW`` in the scope): a modelserve runtime takes their bytes as they came
+    (``codecs.tensors.decode_array`` reads bytes with ``np.frombuffer``, BYTES as a list of bytes, as over gRPC),
+    with no list of Python numbers built, parsed and validated; any other model (and one under MLServer's
+    adaptive batching, which merges lists) gets the JSON values, BYTES as base64 with ``content_type: base64``."""
+    import functools
+
+    endpoints = module.Endpoints
+    original = endpoints.infer
+    if getattr(original, "modelserve_patched", False):
+        return
+
+    @functools.wraps(original)  # FastAPI reads the signature (through __wrapped__) to parse the request
+    async def infer(self, raw_request, raw_response, payload, model_name, model_version=None):
+        raws = raw_request.scope.get(RAW)
+        if raws:
+            await _fill_binary_inputs(self._data_plane, payload, raws, model_name, model_version)
+        return await original(self, raw_request, raw_response, payload, model_name, model_version)
+
+    infer.modelserve_patched = True  # type: ignore[attr-defined]
+    endpoints.infer = infer
+
+
+_TAKES_BYTES: Dict[str, bool] = {}  # implementation path -> a modelserve runtime (reads raw bytes)
+
+
+async def _takes_bytes(data_plane, name: str, version: Optional[str]) -> bool:
+    try:
+        model = await data_plane._model_registry.get_model(name, version)
+    except Exception:  # not found: MLServer answers it
+        return False
+    settings = model.settings
+    if (settings.max_batch_size or 0) > 1:
+        return False
+    path = settings.implementation_
+    if path not in _TAKES_BYTES:
+        from .runtime import Runtime
+
+        try:
+            _TAKES_BYTES[path] = issubclass(settings.implementation, Runtime)
+        except Exception:
+            _TAKES_BYTES[path] = False
+    return _TAKES_BYTES[path]
+
+
+async def _fill_binary_inputs(data_plane, payload, raws: Dict[int, Tuple[str, Any]], name: str,
+                              version: Optional[str]) -> None:
+    from mlserver.types import Parameters, TensorData
+
+    as_bytes = await _takes_bytes(data_plane, name, version)
+    for index, (datatype, raw) in raws.items():
+        inp = payload.inputs[index]
+        if as_bytes:
+            inp.data = TensorData.model_construct(root=raw)
+            continue
+        inp.data = TensorData.model_construct(root=binary_tensors.json_values(datatype, raw))
+        if datatype == "BYTES":
+            if inp.parameters is None:
+                inp.parameters = Parameters(content_type="base64")
+            else:
+                inp.parameters.content_type = "base64"
 
 
 # -- FastAPI's request validation errors --------------------------------------------------------------------

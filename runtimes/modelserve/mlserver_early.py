@@ -152,13 +152,28 @@ def patch_no_signal_server(module) -> None:
     server.capture_signals = capture_signals
 
 
-def _lifecycle(name: str):
-    """A patch from ``modelserve.lifecycle`` (startup, health, shutdown, metric labels), imported when it applies."""
+def _lazy(where: str, *names: str):
+    """Patches from ``modelserve.<where>`` (``lifecycle``: startup, health, shutdown, metric labels;
+    ``frontdoor``: the binary inputs' bytes), imported only when the MLServer module they patch is."""
 
     def patch(module) -> None:
-        from modelserve import lifecycle
+        import importlib
 
-        getattr(lifecycle, name)(module)
+        patches = importlib.import_module(f"modelserve.{where}")
+        for name in names:
+            getattr(patches, name)(module)
+
+    return patch
+
+
+def _lifecycle(name: str):
+    return _lazy("lifecycle", name)
+
+
+def _both(*patches):
+    def patch(module) -> None:
+        for one in patches:
+            one(module)
 
     return patch
 
@@ -168,7 +183,7 @@ PATCHES = {"mlserver.parallel.worker": patch_worker, "mlserver.parallel.errors":
            "mlserver.metrics.server": patch_no_signal_server,
            "mlserver.registry": _lifecycle("patch_registry"), "mlserver.server": _lifecycle("patch_server"),
            "mlserver.handlers.dataplane": _lifecycle("patch_dataplane"),
-           "mlserver.rest.endpoints": _lifecycle("patch_endpoints"),
+           "mlserver.rest.endpoints": _both(_lifecycle("patch_endpoints"), _lazy("frontdoor", "patch_infer_endpoint")),
            "mlserver.handlers.model_repository": _lifecycle("patch_repository")}
 """MLServer module -> the patch applied right after it is imported."""
 

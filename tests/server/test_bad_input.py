@@ -25,8 +25,8 @@ BAD_REQUESTS = {
     "missing_input": ({"inputs": []}, 400, "no inputs"),
     "two_inputs": ({"inputs": GOOD["inputs"] * 2}, 400, "takes one input tensor, got 2"),
     "unknown_output": ({**GOOD, "outputs": [{"name": "explain"}]}, 400, "unknown output 'explain'"),
-    "unknown_datatype": (v2([1, 2, 3, 4], shape=[1, 4], datatype="FP128"), 422, "datatype"),
-    "not_a_v2_body": ({"instances": [[1, 2, 3, 4]]}, 422, "inputs"),
+    "unknown_datatype": (v2([1, 2, 3, 4], shape=[1, 4], datatype="FP128"), 400, "datatype"),
+    "not_a_v2_body": ({"instances": [[1, 2, 3, 4]]}, 400, "inputs"),
 }
 
 
@@ -88,5 +88,6 @@ def test_bad_models_fail_to_load_with_a_reason_and_the_rest_keeps_serving(reques
         assert needle in r.text, (name, r.text)
         assert "Traceback" not in r.text, (name, r.text)
         assert srv.infer("iris", GOOD).status_code == 200
-        assert srv.infer(f"{name}-{mode}", GOOD).status_code in (400, 404)
+        failed = srv.infer(f"{name}-{mode}", GOOD)  # a model that failed to load: unavailable, with the reason
+        assert failed.status_code == 503 and needle in failed.json()["error"], (name, failed.text)
     assert requests.get(f"{srv.url}/v2/health/live", timeout=5).status_code == 200

@@ -180,6 +180,8 @@ def broken(request, tmp_path_factory, artifacts):
     write_model(root, "good", {"implementation": SKLEARN, "parameters": {"uri": "./model.joblib"}},
                 {"model.joblib": artifacts["iris_joblib"]})
     write_model(root, "late", {"implementation": SKLEARN, "parameters": {"uri": "./model.joblib"}})
+    write_model(root, "peer", {"implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}},
+                {"model.joblib": artifacts["iris_joblib"]})
     srv = Server(root, parallel_workers=0 if request.param == "inproc" else None, debug=False)
     srv.start(timeout=180, until="/v2/health/live")
     srv.artifact = artifacts["iris_joblib"]
@@ -211,6 +213,23 @@ def test_a_model_that_fails_at_startup_leaves_the_others_serving_and_health_says
     index = {m["name"]: m for m in requests.post(f"{url}/v2/repository/index", json={}, timeout=5).json()}
     assert index["late"]["state"] == "READY" and not index["late"]["reason"]
     assert "Traceback" not in broken.log()
+
+
+def test_binary_tensors_reach_a_model_that_is_not_ours_as_json_values(broken):
+    """MLServer's own mlserver_sklearn (JSON values: it does not read raw bytes) and a model under MLServer's
+    adaptive batching answer the binary request as they answer the JSON one."""
+    assert _eventually(lambda: requests.get(f"{broken.url}/v2/models/peer/ready", timeout=5).status_code == 200)
+    x = np.array(ROWS, dtype=np.float64)
+    res = client(broken).infer("peer", [_triton_input("input-0", x, "FP64")])
+    (name,) = [o["name"] for o in res.get_response()["outputs"]]
+    expected = broken.infer("peer", v2(ROWS)).json()["outputs"][0]["data"]
+    assert res.as_numpy(name).reshape(-1).tolist() == expected
+
+
+def test_a_batched_model_takes_binary_tensors(server):
+    x = np.array(ROWS, dtype=np.float64)
+    res = client(server).infer("iris-batched", [_triton_input("input-0", x, "FP64")])
+    assert res.as_numpy("predict").tolist() == server.infer("iris", v2(ROWS)).json()["outputs"][0]["data"]
 
 
 def _eventually(check, timeout=60.0) -> bool:

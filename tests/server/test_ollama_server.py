@@ -294,3 +294,18 @@ def test_stopping_mlserver_leaves_no_ollama_process(spawned):
     spawned.proc.send_signal(signal.SIGTERM)
     spawned.proc.wait(timeout=60)
     assert wait_gone(pids) == []
+
+
+def test_tritonclient_with_its_default_arguments(server):
+    """The binary tensor extension both ways (tritonclient.http's defaults) on the Ollama runtime too."""
+    import tritonclient.http as httpclient
+
+    texts = ["a quiet town by the sea", "the engine starts"]
+    inp = httpclient.InferInput("text", [2], "BYTES")
+    inp.set_data_from_numpy(np.array(texts, dtype=object))
+    res = httpclient.InferenceServerClient(server.url.removeprefix("http://")).infer("emb", [inp])
+    out = res.get_response()["outputs"][0]
+    assert "binary_data_size" in out["parameters"]
+    v2 = server.infer("emb", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": texts}]})
+    np.testing.assert_allclose(res.as_numpy(out["name"]).reshape(-1), np.array(v2.json()["outputs"][0]["data"]),
+                               rtol=1e-6)

@@ -141,7 +141,9 @@ class EngineProcess:
                 self.check()
             except Unavailable as err:
                 return err
-        return Unavailable(f"model '{self.name}': engine connection failed: {exc}", retry_after=1)
+        # the engine died under this request and the watcher has not seen it yet: a restart is coming
+        return Unavailable(f"model '{self.name}': engine connection failed: {exc}",
+                           retry_after=round(self.expected_wait()))
 
     # -- internals ---------------------------------------------------------------------------------
     async def _spawn_and_wait(self) -> None:
