@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from modelserve import frontdoor, mlserver_early
+from modelserve import frontdoor, mlserver_early, request_errors
 from modelserve.errors import BadRequest
 
 MARKS = {
@@ -136,4 +136,4 @@ def test_compress_round_trips():
      "invalid request: inputs.0.shape.0: Input should be a valid integer (and 2 more problems)"),
 ])
 def test_validation_errors_become_one_line_that_never_echoes_the_input(errors, message):
-    assert frontdoor.validation_message(errors) == message
+    assert request_errors.validation_message(errors) == message

@@ -101,10 +101,10 @@ def patch_create_app(module) -> None:
         from fastapi.exceptions import RequestValidationError
         from starlette.middleware.gzip import GZipMiddleware
 
-        from modelserve import frontdoor
+        from modelserve import frontdoor, request_errors
 
         app = original(settings, *args, **kwargs)
-        app.add_exception_handler(RequestValidationError, frontdoor.validation_error)
+        app.add_exception_handler(RequestValidationError, request_errors.validation_error)
         app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
         app.add_middleware(frontdoor.FrontDoor, compress_answers=bool(settings.gzip_enabled))
         return app
