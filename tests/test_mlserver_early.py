@@ -25,7 +25,7 @@ MARKS = {
     "mlserver.registry": "MultiModelRegistry.load",
     "mlserver.server": "MLServer.start",
     "mlserver.handlers.dataplane": "DataPlane.ready",
-    "mlserver.rest.endpoints": "Endpoints.ready Endpoints.infer",
+    "mlserver.rest.endpoints": "Endpoints.ready Endpoints.live Endpoints.model_ready Endpoints.infer",
     "mlserver.handlers.model_repository": "ModelRepositoryHandlers._to_item",
 }
 

@@ -11,7 +11,11 @@
   own GZipMiddleware, which this replaces, buffered V2 streams);
 - **the binary tensor data extension** (KServe V2 / Triton; ``binary_tensors``) on
   ``/v2/models/{name}[/versions/{v}]/infer``: a binary request becomes the V2 JSON request MLServer takes; the
-  answer's outputs go binary where the request asks for them (also for a JSON request asking binary outputs).
+  answer's outputs go binary where the request asks for them (also for a JSON request asking binary outputs);
+- **ModelHub's request shapes** on the same route: a JSON object that is not a V2 request (no ``inputs`` list)
+  and a file uploaded as the body (a Content-Type that is not JSON, for a model that takes no raw body of its
+  own) are carried to the model as one BYTES input (``MODELHUB`` in the scope; ``patch_infer_endpoint``): an MLflow
+  model answers them as ModelHub does (codecs/modelhub.py), any other model with MLServer's own one-line 400.
 
 Everything else passes through untouched; the model, MLServer's metrics, logging and errors see a plain JSON
 request. Errors here answer MLServer's one-line ``{"error": ...}``.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from urllib.parse import parse_qsl
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import binary_tensors
@@ -33,6 +38,12 @@ MAX_BODY = int(os.environ.get("MODELSERVE_MAX_BODY_BYTES", str(256 << 20)))
 BODY = "modelserve.body"  # the scope key of the body as the app received it
 RAW = "modelserve.binary_inputs"  # the scope key of the binary inputs' bytes: {input index: (datatype, raw)}
 MIN_COMPRESS = 500  # as starlette's GZipMiddleware: smaller answers are sent as they are
+MODELHUB = "modelserve.modelhub"  # the scope key of a ModelHub body: (body, content type, ?inference_type)
+_V2_INPUTS = re.compile(rb'(?<!\\)"inputs"\s*:\s*\[')
+"""A V2 request's ``"inputs": [``: such a body goes to MLServer untouched, unparsed here (ModelHub bodies have none;
+one that nests an ``inputs`` list in its data is taken for V2)."""
+PLACEHOLDER = b'{"inputs":[{"name":"modelhub","datatype":"BYTES","shape":[1],"data":[""]}]}'
+"""What MLServer's route parses in place of a ModelHub body; the body itself is filled in by the endpoint."""
 
 Scope = Dict[str, Any]
 Headers = List[Tuple[bytes, bytes]]
@@ -141,6 +152,7 @@ class FrontDoor:
         binary_out: Optional[Callable[[List[str]], set]] = None
         extra: Dict[str, Any] = {}  # for the scope the app gets
         if encoding or infer:
+            received = b""
             try:
                 body = await _read(receive)
                 if encoding:
@@ -154,6 +166,10 @@ class FrontDoor:
                     body = binary_tensors.encode_json(request)
                     headers = _without(headers, HEADER_LENGTH, b"content-type")
                     headers.append((b"content-type", b"application/json"))
+                elif infer and (hub := _modelhub_body(body, headers, scope)) is not None:
+                    extra[MODELHUB] = hub
+                    received, body = body, PLACEHOLDER
+                    headers = _without(headers, b"content-type") + [(b"content-type", b"application/json")]
                 elif infer and b"binary_data" in body:  # a JSON request that may ask for binary outputs
                     request = _json_or_none(body)
                     binary_out = _take_binary_rule(request)
@@ -165,7 +181,7 @@ class FrontDoor:
                 return await _send(send, *_error(400, f"binary tensor request: {exc}"))
             headers = _without(headers, b"content-length") + [(b"content-length", str(len(body)).encode())]
             receive = _replay(body, receive)
-            scope = {**scope, BODY: body, **extra}  # BODY: for validation_error's message
+            scope = {**scope, BODY: received if MODELHUB in extra else body, **extra}  # BODY: for error messages
         if coding:  # the answer is compressed here, not by the app
             headers = _without(headers, b"accept-encoding")
         if not (coding or binary_out):
@@ -184,6 +200,30 @@ def _json_or_none(body: bytes) -> Any:
         return _loads(body)
     except ValueError:
         return None  # MLServer answers the bad JSON
+
+
+def _modelhub_body(body: bytes, headers: Headers, scope: Scope) -> Optional[Tuple[bytes, str, str, Optional[str]]]:
+    """``(body, kind, content type, ?inference_type)`` when ``body`` is a ModelHub request rather than V2: a JSON
+    object without an ``inputs`` list, or an upload (a Content-Type that is not JSON, for a model with no raw-body
+    rewrite of its own: ``mlserver_compat.RAW_BODY_MODELS``). None: MLServer takes it as it is."""
+    from .codecs.modelhub import JSON_BODY, UPLOAD_BODY
+
+    ctype = (_header(headers, b"content-type") or b"").decode("latin-1")
+    if not ctype or "json" in ctype.lower():
+        if _V2_INPUTS.search(body):
+            return None
+        value = _json_or_none(body)
+        if not isinstance(value, dict) or ("inputs" in value and not isinstance(value["inputs"], dict)):
+            return None  # not an object (MLServer says so), or a V2 request with bad inputs
+        kind = JSON_BODY
+    else:
+        from .mlserver_compat import RAW_BODY_MODELS, _INFER
+
+        if _INFER.match(scope.get("path", "")).group(1) in RAW_BODY_MODELS:
+            return None
+        kind = UPLOAD_BODY
+    query = dict(parse_qsl((scope.get("query_string") or b"").decode("latin-1"))).get("inference_type")
+    return body, kind, ctype or "none", query
 
 
 def _take_binary_rule(request: Any) -> Optional[Callable[[List[str]], set]]:
@@ -296,6 +336,10 @@ def patch_infer_endpoint(module) -> None:
 
     @functools.wraps(original)  # FastAPI reads the signature (through __wrapped__) to parse the request
     async def infer(self, raw_request, raw_response, payload, model_name, model_version=None):
+        hub = raw_request.scope.get(MODELHUB)
+        if hub is not None:
+            return await _modelhub_infer(functools.partial(original, self, raw_request, raw_response), self._data_plane,
+                                         payload, model_name, model_version, hub)
         raws = raw_request.scope.get(RAW)
         if raws:
             await _fill_binary_inputs(self._data_plane, payload, raws, model_name, model_version)
@@ -343,3 +387,52 @@ async def _fill_binary_inputs(data_plane, payload, raws: Dict[int, Tuple[str, An
                 inp.parameters = Parameters(content_type="base64")
             else:
                 inp.parameters.content_type = "base64"
+
+
+# -- ModelHub bodies, carried to the model -------------------------------------------------------------------
+async def _modelhub_infer(call, data_plane, payload, name: str, version: Optional[str],
+                          hub: Tuple[bytes, str, str, Optional[str]]):
+    """A ModelHub body (``MODELHUB``): to a model that takes them (``modelhub_shapes``: the MLflow runtime) as the
+    one BYTES input of ``payload`` (MLServer's own path: metrics, workers, errors), answered with the model's
+    envelope and failures in ModelHub's error shape; any other model answers what MLServer says of a body that
+    is not V2."""
+    from mlserver.errors import MLServerError
+    from mlserver.types import Parameters, TensorData
+    from starlette.responses import Response
+
+    from .codecs.modelhub import error_body
+    from .request_errors import not_v2_message
+
+    body, kind, ctype, query = hub
+
+    def failed(status: int, msg: str) -> Response:
+        return Response(binary_tensors.encode_json(error_body(status, msg)), status_code=status,
+                        media_type="application/json")
+
+    try:
+        model = await data_plane._model_registry.get_model(name, version)
+    except MLServerError:
+        model = None  # not there, or not loaded: MLServer's own path says which (lifecycle.py: 503 for a failure)
+    if model is not None:
+        if not getattr(model.settings.implementation, "modelhub_shapes", False):
+            value = _json_or_none(body) if kind.endswith("json") else None
+            return Response(binary_tensors.encode_json({"error": not_v2_message(body, ctype, value)}), status_code=400,
+                            media_type="application/json")
+        if (model.settings.max_batch_size or 0) > 1:
+            return failed(400, f"model '{name}' batches requests (max_batch_size {model.settings.max_batch_size}): "
+                               "ModelHub's request shapes are not batched, send a V2 request (an 'inputs' list)")
+        if ctype.lower().startswith(("multipart/", "application/x-www-form-urlencoded")):
+            return failed(415, f"a form (Content-Type {ctype}) is not a ModelHub upload: send the file itself as the "
+                               "body (Content-Type application/octet-stream)")
+    inp = payload.inputs[0]
+    inp.data = TensorData.model_construct(root=[body])
+    inp.parameters = Parameters(content_type=kind)
+    if query is not None:
+        payload.parameters = Parameters(inference_type=query)
+    try:
+        response = await call(payload, name, version)
+    except MLServerError as exc:
+        return failed(exc.status_code, str(exc))
+    answer = response.outputs[0].data.root[0] if response.outputs else b"{}"
+    return Response(answer if isinstance(answer, bytes) else str(answer).encode(), status_code=200,
+                    media_type="application/json")

@@ -189,7 +189,10 @@ def patch_dataplane(module) -> None:
 
 # -- mlserver.rest.endpoints -------------------------------------------------------------------------------
 def patch_endpoints(module) -> None:
-    """Not ready is a 503 (KServe's and Kubernetes' reading), with the reason when there is one."""
+    """Not ready is a 503 (KServe's and Kubernetes' reading), with the reason when there is one. A 200 carries
+    ModelHub's JSON body (MLServer's was empty): ``{"live": true}``, ``{"ready": true}``, and ``{"ready": true,
+    "name": ...}`` for a model (``"version"`` too on the versioned route); KServe's and Triton's clients read the
+    status code only."""
     endpoints = module.Endpoints
     if getattr(endpoints.ready, "modelserve_patched", False):
         return
@@ -197,23 +200,35 @@ def patch_endpoints(module) -> None:
 
     from fastapi.responses import Response
 
+    def answer(body: dict, status: int = 200):
+        return Response(json.dumps(body), status_code=status, media_type="application/json")
+
     def unavailable(msg: str):
-        return Response(json.dumps({"error": msg}), status_code=503, media_type="application/json")
+        return answer({"error": msg}, 503)
+
+    async def live(self):
+        if await self._data_plane.live():
+            return answer({"live": True})
+        return unavailable("not live")
 
     async def ready(self):
         if await self._data_plane.ready():
-            return Response(status_code=200)
+            return answer({"ready": True})
         failed = sorted(STARTUP & set(FAILED))
         return unavailable("shutting down" if DRAINING else
                            "not ready" + "".join(f"; model '{m}': {FAILED[m]}" for m in failed))
 
     async def model_ready(self, model_name: str, model_version: Optional[str] = None):
         if await self._data_plane.model_ready(model_name, model_version):
-            return Response(status_code=200)
+            body = {"ready": True, "name": model_name}
+            if model_version is not None:
+                body["version"] = model_version
+            return answer(body)
         return unavailable(f"model '{model_name}' is not ready")
 
-    ready.modelserve_patched = True  # type: ignore[attr-defined]
-    endpoints.ready, endpoints.model_ready = ready, model_ready
+    live.modelserve_patched = ready.modelserve_patched = True  # type: ignore[attr-defined]
+    model_ready.modelserve_patched = True  # type: ignore[attr-defined]
+    endpoints.live, endpoints.ready, endpoints.model_ready = live, ready, model_ready
 
 
 # -- mlserver.handlers.model_repository --------------------------------------------------------------------

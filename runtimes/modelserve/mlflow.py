@@ -7,11 +7,11 @@ import json
 import logging
 from io import StringIO
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from mlserver.errors import MLServerError
 from mlserver.settings import ModelSettings
-from mlserver.types import InferenceRequest, InferenceResponse
+from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 from . import storage
 from .errors import BadRequest, ModelLoadError, one_line
@@ -31,6 +31,11 @@ class MLflowOptions(RuntimeOptions):
     """Also answer MLflow's own ``POST /invocations``. One model owns that path: the first loaded that
     claims it (MLServer loads models concurrently, so on a multi-model server set this to false on all
     but one). ``/models/{name}/invocations`` is always served."""
+    signatureless_input: Literal["tensor", "dataframe"] = "tensor"
+    """What a model without an input signature gets from a V2 request. ``tensor`` (MLServer's and MLflow's
+    choice for ``inputs``): one input is an ndarray, several are DataFrame columns. ``dataframe`` (ModelHub's
+    V2 path, for pyfuncs written for DataFrames): always a DataFrame; one numeric input of shape [rows, n]
+    gives the columns 0..n-1, one BYTES input the column ``data``, several inputs a column each, by name."""
 
 
 class MLflowRuntime(Runtime):
@@ -43,6 +48,8 @@ class MLflowRuntime(Runtime):
     """
 
     options_class = MLflowOptions
+    modelhub_shapes = True
+    """Takes ModelHub's request shapes on its V2 infer route (``frontdoor.MODELHUB``, codecs/modelhub.py)."""
 
     def __init__(self, settings: ModelSettings):
         super().__init__(settings)
@@ -78,7 +85,7 @@ class MLflowRuntime(Runtime):
         from .codecs.mlflow_signature import SignatureCodec
 
         metadata = self.model.metadata
-        self.codec = SignatureCodec.from_model_metadata(metadata)
+        self.codec = SignatureCodec.from_model_metadata(metadata, signatureless=opts.signatureless_input)
         self.input_schema = metadata.get_input_schema()
         self.hinted = bool(getattr(metadata, "_is_signature_from_type_hint", lambda: False)())
         if not self.inputs:
@@ -91,6 +98,8 @@ class MLflowRuntime(Runtime):
 
     # -- V2 ----------------------------------------------------------------------------------------
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if _tunneled(payload):
+            return await self._modelhub(payload)
         data = self.codec.decode(payload)
         params = self.codec.decode_params(request_parameters(payload))
         outputs = self.codec.encode(await self._call(data, params))
@@ -117,6 +126,46 @@ class MLflowRuntime(Runtime):
         if params:
             return self.model.predict(data, params=params)
         return self.model.predict(data)
+
+    # -- ModelHub's request shapes ----------------------------------------------------------------
+    async def _modelhub(self, payload: InferenceRequest) -> InferenceResponse:
+        """A ModelHub body the front door carried here (``frontdoor.patch_infer_endpoint``): its DataFrame to the
+        pyfunc, the answer in ModelHub's envelope as the one output's JSON text (codecs/modelhub.py)."""
+        from .codecs import modelhub
+
+        inp = payload.inputs[0]
+        raw = inp.data.root[0] if inp.data.root else b""
+        upload = inp.parameters.content_type == modelhub.UPLOAD_BODY
+        extra = payload.parameters.model_extra if payload.parameters is not None else None
+        query_type = (extra or {}).get("inference_type")
+        frame, meta, params = await asyncio.to_thread(self._modelhub_frame, raw, upload, query_type)
+        result = await self._call(frame, params)
+        try:
+            body = await asyncio.to_thread(lambda: json.dumps(modelhub.envelope(result, meta), allow_nan=False))
+        except modelhub.Unwritable as exc:
+            raise BadRequest(str(exc)) from None
+        out = ResponseOutput(name=modelhub.TUNNEL_INPUT, datatype="BYTES", shape=[1], data=[body.encode()])
+        return InferenceResponse(model_name=self.name, model_version=self.version, id=payload.id, outputs=[out])
+
+    def _modelhub_frame(self, raw: Any, upload: bool, query_type: Optional[str]):
+        from .codecs import modelhub
+
+        if upload:
+            body: Any = raw if isinstance(raw, bytes) else str(raw).encode("latin-1")
+        else:
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"the body is not valid JSON ({one_line(exc)})") from None
+        inputs, kind = modelhub.parse(body, upload, query_type)
+        frame, meta = modelhub.to_frame(inputs, kind)
+        given = inputs.get("parameters")
+        params = None
+        if given is not None and not isinstance(given, dict):
+            raise BadRequest(f"'parameters' must be a JSON object, got {type(given).__name__}")
+        if given and self.codec.params:  # ModelHub drops them; a model with a params schema gets them
+            params = self.codec.decode_params(given)
+        return frame, meta, params
 
     # -- MLflow's scoring protocol -----------------------------------------------------------------
     async def _invocations(self, body: Any) -> dict:
@@ -154,6 +203,14 @@ class MLflowRuntime(Runtime):
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise BadRequest(f'cannot read "{key}": {one_line(exc)}') from None
         return data, params
+
+
+def _tunneled(payload: InferenceRequest) -> bool:
+    """A ModelHub body carried by the front door: one input named ``modelhub`` of its content type."""
+    inputs = payload.inputs
+    if len(inputs) != 1 or inputs[0].name != "modelhub" or inputs[0].parameters is None:
+        return False
+    return inputs[0].parameters.content_type in ("modelhub/json", "modelhub/upload")
 
 
 def _load_pyfunc(name: str, path: Path):

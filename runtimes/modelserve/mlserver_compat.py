@@ -102,7 +102,12 @@ async def raw_body(request: Request) -> bytes:
 
 # -- raw (non-JSON) bodies on MLServer's own V2 infer route --------------------------------------------------
 Rewrite = Callable[[bytes, Dict[str, str]], bytes]
-"""(the body as received, the query string's parameters) -> the V2 JSON request to hand to MLServer."""
+"""(the body as received, the query string's parameters) -> the V2 JSON request to hand to MLServer; raises
+``RawBodyRefused`` for a body the model cannot take (a 400 with its message)."""
+
+
+class RawBodyRefused(ValueError):
+    """A raw body that its model's rewrite cannot turn into a request: one line for a 400."""
 
 RAW_BODY_MODELS: Dict[str, Rewrite] = {}
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
@@ -142,7 +147,15 @@ class RawBodyRoute:
         name = _INFER.match(scope["path"]).group(1)
         rewrite = RAW_BODY_MODELS.get(name, _unloaded)
         params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        body = rewrite(b"".join(chunks), params)
+        try:
+            body = rewrite(b"".join(chunks), params)
+        except RawBodyRefused as exc:
+            answer = json.dumps({"error": str(exc)}).encode()
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(answer)).encode())]})
+            await send({"type": "http.response.body", "body": answer, "more_body": False})
+            return
         headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-type", b"content-length")]
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         new_scope = {**scope, "headers": headers}
@@ -209,6 +222,22 @@ def file_as_tensor(name: str) -> Rewrite:
     def rewrite(body: bytes, params: Dict[str, str]) -> bytes:
         return json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [1],
                                        "data": [base64.b64encode(body).decode()]}],
+                           **({"parameters": params} if params else {})}).encode()
+
+    return rewrite
+
+
+def text_as_tensor(name: str) -> Rewrite:
+    """A rewrite that sends the body, UTF-8 text, as the one element of BYTES input ``name`` (ModelHub's uploads to
+    a text model: the file is the text), the query string's fields as the request's parameters."""
+
+    def rewrite(body: bytes, params: Dict[str, str]) -> bytes:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RawBodyRefused(f"the body is not UTF-8 text (byte {exc.start}): a text model takes its text as the "
+                                 "body, or a V2 JSON request") from None
+        return json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [1], "data": [text]}],
                            **({"parameters": params} if params else {})}).encode()
 
     return rewrite

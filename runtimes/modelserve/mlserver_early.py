@@ -92,7 +92,13 @@ def patch_create_app(module) -> None:
     binary tensor extension, deflate as well as gzip both ways, and streams never buffered by compression
     (MLServer's GZipMiddleware, which it replaces, took gzip answers only and buffered V2 streams); and a handler
     for FastAPI's ``RequestValidationError`` that answers a one-line 400, where FastAPI's echoed the whole input
-    in a 422 and crashed with a 500 on a body that is not UTF-8."""
+    in a 422 and crashed with a 500 on a body that is not UTF-8.
+
+    It also gets the two routes ModelHub's server (autonomize-model-sdk, ``modelhub.serving.server``) has and
+    MLServer lacks, appended after MLServer's own (no path of MLServer's matches either): ``GET /``
+    (``{"message", "protocol": "v2", "models": [names]}``) and ``GET /v2/models`` (``{"models": [{"name",
+    "ready"}]}``), read from the main process's model registry (where the models are in both parallel-worker
+    modes), with the models whose last load failed (``lifecycle.FAILED``) as not ready."""
     original = module.create_app
     if getattr(original, "modelserve_patched", False):
         return
@@ -101,12 +107,33 @@ def patch_create_app(module) -> None:
         from fastapi.exceptions import RequestValidationError
         from starlette.middleware.gzip import GZipMiddleware
 
-        from modelserve import frontdoor, request_errors
+        from modelserve import frontdoor, lifecycle, request_errors
 
         app = original(settings, *args, **kwargs)
         app.add_exception_handler(RequestValidationError, request_errors.validation_error)
         app.user_middleware = [m for m in app.user_middleware if m.cls is not GZipMiddleware]
         app.add_middleware(frontdoor.FrontDoor, compress_answers=bool(settings.gzip_enabled))
+
+        data_plane = args[0] if args else kwargs.get("data_plane")
+
+        async def models() -> list:
+            ready: dict = {}
+            for model in await data_plane._model_registry.get_models():  # every version; ready if one is
+                ready[model.name] = ready.get(model.name, False) or bool(model.ready)
+            for name in list(lifecycle.FAILED):
+                ready.setdefault(name, False)
+            return [{"name": name, "ready": ready[name]} for name in sorted(ready)]
+
+        async def root() -> dict:
+            return {"message": "modelserve Inference Server", "protocol": "v2",
+                    "models": [m["name"] for m in await models()]}
+
+        async def list_models() -> dict:
+            return {"models": await models()}
+
+        if data_plane is not None:
+            app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+            app.add_api_route("/v2/models", list_models, methods=["GET"], include_in_schema=False)
         return app
 
     create_app.modelserve_patched = True  # type: ignore[attr-defined]

@@ -55,9 +55,13 @@ def _not_an_object(request, errors: List[dict]) -> Optional[str]:
     raw = request.scope.get(BODY)
     if not isinstance(raw, (bytes, bytearray)):
         return None
-    ctype = request.headers.get("content-type") or "none"
+    return whole_body_message(bytes(raw), request.headers.get("content-type") or "none")
+
+
+def whole_body_message(raw: bytes, ctype: str) -> str:
+    """Why ``raw`` (sent as ``ctype``) is not a V2 JSON request object."""
     try:
-        text = bytes(raw).decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:  # the body FastAPI's own handler crashed on
         return (f"invalid request: the body is binary data (Content-Type {ctype}), not a JSON request; raw tensors "
                 "need the binary tensor extension (an Inference-Header-Content-Length header)")
@@ -65,6 +69,21 @@ def _not_an_object(request, errors: List[dict]) -> Optional[str]:
     if value is None and text.strip() not in ("null",):
         return f"invalid request: the body is not JSON (Content-Type {ctype})"
     return f"invalid request: the body must be a JSON object, got {type(value).__name__ if value is not None else 'null'}"
+
+
+def not_v2_message(raw: bytes, ctype: str, value: Any) -> str:
+    """The message MLServer's route gives a body that is not a V2 request (``value``: its JSON, or None), for a
+    model that takes nothing else (the front door carried it as a ModelHub body)."""
+    if not isinstance(value, dict):
+        return whole_body_message(raw, ctype)
+    from mlserver.types import InferenceRequest
+    from pydantic import ValidationError
+
+    try:
+        InferenceRequest.model_validate(value)
+    except ValidationError as exc:
+        return validation_message([{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors(include_input=False)])
+    return "invalid request: the body is not a V2 request"  # pragma: no cover - the front door checked
 
 
 def _safe_errors(exc) -> List[dict]:

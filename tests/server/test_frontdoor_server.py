@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import triton_to_np_dtype
 
 from ..conftest import SKLEARN
-from ..support.harness import Server, write_model
+from ..support.harness import Server, eventually, write_model
 from ..support.models import IRIS_ROWS as ROWS
 from ..support.runtimes import v2
 
@@ -191,7 +191,7 @@ def broken(request, tmp_path_factory, artifacts):
 
 def test_a_model_that_fails_at_startup_leaves_the_others_serving_and_health_says_so(broken):
     url = broken.url
-    assert _eventually(lambda: requests.get(f"{url}/v2/models/good/ready", timeout=5).status_code == 200)
+    assert eventually(lambda: requests.get(f"{url}/v2/models/good/ready", timeout=5).status_code == 200)
     assert broken.infer("good", v2(ROWS)).status_code == 200
     assert requests.get(f"{url}/v2/health/live", timeout=5).status_code == 200
     ready = requests.get(f"{url}/v2/health/ready", timeout=5)
@@ -218,7 +218,7 @@ def test_a_model_that_fails_at_startup_leaves_the_others_serving_and_health_says
 def test_binary_tensors_reach_a_model_that_is_not_ours_as_json_values(broken):
     """MLServer's own mlserver_sklearn (JSON values: it does not read raw bytes) and a model under MLServer's
     adaptive batching answer the binary request as they answer the JSON one."""
-    assert _eventually(lambda: requests.get(f"{broken.url}/v2/models/peer/ready", timeout=5).status_code == 200)
+    assert eventually(lambda: requests.get(f"{broken.url}/v2/models/peer/ready", timeout=5).status_code == 200)
     x = np.array(ROWS, dtype=np.float64)
     res = client(broken).infer("peer", [_triton_input("input-0", x, "FP64")])
     (name,) = [o["name"] for o in res.get_response()["outputs"]]
@@ -232,12 +232,3 @@ def test_a_batched_model_takes_binary_tensors(server):
     assert res.as_numpy("predict").tolist() == server.infer("iris", v2(ROWS)).json()["outputs"][0]["data"]
 
 
-def _eventually(check, timeout=60.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.3)
-    return False

@@ -155,3 +155,18 @@ def test_float_parameters_over_grpc_travel_as_text_and_are_never_silently_droppe
     assert as_text["outputs"]["text"]["data"] == again["outputs"]["text"]["data"]  # seeded sampling, used
     over_http = generated(gen_server, "gpt2", ["hello there"], temperature=0.7, seed=3, max_new_tokens=6)
     assert as_text["outputs"]["text"]["data"] == over_http
+
+
+def test_a_text_uploaded_as_the_body_is_the_prompt(gen_server):
+    """ModelHub's uploads to a text model: the body is the text (any Content-Type but JSON); query fields are
+    the request's parameters."""
+    want = generated(gen_server, "gpt2", [PROMPT], max_new_tokens=6)
+    for ctype in ("text/plain; charset=utf-8", "application/octet-stream"):
+        r = requests.post(f"{gen_server.url}/v2/models/gpt2/infer", data=PROMPT.encode(), timeout=60,
+                          headers={"Content-Type": ctype}, params={"max_new_tokens": "6"})
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"] == want
+    r = requests.post(f"{gen_server.url}/v2/models/gpt2/infer", data=b"\xff\xfe not text", timeout=60,
+                      headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 400 and "not UTF-8 text" in r.json()["error"] and "\n" not in r.json()["error"], r.text
+    assert generated(gen_server, "gpt2", [PROMPT], max_new_tokens=6) == want

@@ -11,6 +11,8 @@ Then `mlserver` runs as the image's CMD with the image's ENV (ports moved to fre
 - the ModelMesh way: the image's env as is (models not loaded at startup), a model-settings.json without
   "implementation" written under MLSERVER_MODELS_DIR as the ModelMesh adapter does, loaded through the
   repository API, then inferred over gRPC (in a separate interpreter, see tests/support/harness.py).
+- the mlflow image's env models (its CMD, modelserve-start): MODEL_URI / MODEL_NAME and their numbered forms
+  alone, no model-settings.json, one of the models broken.
 
 What a CPU machine cannot replay is a heavy tier, off by default (MODELSERVE_HEAVY_IMAGES=1 turns it on):
 - docker/huggingface/torch-cuda.txt (the CUDA build of torch, GBs): by default the CPU stand-in, torch of
@@ -42,7 +44,7 @@ import requests
 from modelserve.deploy import RUNTIMES
 
 from ..support.engine_envs import ENGINE_ENVS
-from ..support.harness import MLServerProcess, grpc
+from ..support.harness import MLServerProcess, eventually, grpc
 from ..support.deploy_files import (CUDA_TORCH, ROOT, Dockerfile, dockerfile, env_of, exact_pins,
                                     image_keys, pip_step, requirement_lines, runtimes_by_name,
                                     unexpected_conflicts)
@@ -173,8 +175,8 @@ class ImageServer(MLServerProcess):
     def command(self) -> list:
         return json.loads(self.image.dockerfile.one("CMD"))
 
-    def start(self, timeout: float = 180) -> "ImageServer":  # a fresh venv's first imports are slow
-        return super().start(timeout)
+    def start(self, timeout: float = 180, until: str = "/v2/health/ready") -> "ImageServer":  # a fresh venv's
+        return super().start(timeout, until)  # first imports are slow
 
     def model_ready(self, name: str) -> None:
         """MLServer 1.7.1 answers /v2/health/ready 200 even after a model failed to load at startup."""
@@ -352,6 +354,89 @@ def test_mlflow_image_serves_the_kserve_way(images, tmp_path_factory):
         expected = np.asarray(mlflow.pyfunc.load_model(str(model_dir)).predict(rows))
         np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), expected, rtol=1e-5)
         assert srv.healthcheck().returncode == 0
+    finally:
+        srv.stop()
+
+
+def needs_signatureless_input() -> None:
+    """modelserve-start gives every env model "signatureless_input": the runtime refuses options it lacks."""
+    from modelserve.envmodels import EXTRA
+    from modelserve.mlflow import MLflowOptions
+
+    if not set(EXTRA) <= set(MLflowOptions.model_fields):
+        pytest.skip("MLflowOptions has no signatureless_input option yet: env models would all fail to load")
+
+
+def env_models_server(image: ImageVenv, env: Dict[str, str], names: List[str], tmp: Path) -> ImageServer:
+    """The image's CMD (modelserve-start) with its own ENV plus ``env`` (its temporary folders in ``tmp``);
+    waits until ``names`` are ready."""
+    srv = ImageServer(image, {"TMPDIR": str(tmp), **env})
+    srv.start(180, until="/v2/health/live")  # ready stays 503 while a startup model is unavailable
+    try:
+        for name in names:
+            assert eventually(lambda: requests.get(f"{srv.url}/v2/models/{name}/ready", timeout=5).status_code
+                              == 200, 120), f"model {name} not ready:\n{srv.log()[-4000:]}"
+    except BaseException:
+        srv.stop()
+        raise
+    return srv
+
+
+def test_mlflow_image_serves_models_named_by_env_alone(images, tmp_path_factory):
+    """ModelHub's generic container: the image's own ENV (ModelMesh's: models not loaded at startup) plus
+    MODEL_URI/MODEL_NAME and MODEL_URI_i/MODEL_NAME_i, no model-settings.json anywhere. Both good models
+    answer V2 with the model's own values; the broken one is UNAVAILABLE with its reason, the others serve."""
+    import mlflow.pyfunc
+
+    from ..support.mlflow_models import build
+    from ..support.models import iris_xy
+
+    needs_signatureless_input()
+    image = images("mlflow")
+    built = build(tmp_path_factory.mktemp("image-mlflow-art"))
+    broken = tmp_path_factory.mktemp("image-mlflow-broken")  # a folder with no MLmodel file
+    assert not [p for k in ("tensor", "columns") for p in built[k].rglob("model-settings.json")]
+    env = {"MODEL_URI": str(built["tensor"]), "MODEL_NAME": "iris-tensor",
+           "MODEL_NAME_1": "iris-columns", "MODEL_URI_1": str(built["columns"]),
+           "MODEL_NAME_2": "broken", "MODEL_URI_2": str(broken)}
+    tmp = tmp_path_factory.mktemp("image-mlflow-tmp")
+    srv = env_models_server(image, env, ["iris-tensor", "iris-columns"], tmp)
+    try:
+        assert srv.env["MLSERVER_LOAD_MODELS_AT_STARTUP"] == "false"  # the image's: modelserve-start sets it
+        rows = ROWS.astype(np.float32)
+        r = requests.post(f"{srv.url}/v2/models/iris-tensor/infer", json=v2_body(rows, "FP32"), timeout=30)
+        assert r.status_code == 200, r.text
+        (out,) = r.json()["outputs"]
+        want = np.asarray(mlflow.pyfunc.load_model(str(built["tensor"])).predict(rows))
+        np.testing.assert_allclose(np.array(out["data"]).reshape(out["shape"]), want, rtol=1e-5)
+        frame = iris_xy(frame=True)[0].iloc[[0, 60, 120]].reset_index(drop=True)
+        body = {"inputs": [{"name": c, "datatype": "FP64", "shape": [len(frame)], "data": frame[c].tolist()}
+                           for c in frame]}
+        r = requests.post(f"{srv.url}/v2/models/iris-columns/infer", json=body, timeout=30)
+        assert r.status_code == 200, r.text
+        (out,) = r.json()["outputs"]
+        assert out["data"] == mlflow.pyfunc.load_model(str(built["columns"])).predict(frame).tolist() == [0, 1, 2]
+        # the broken one: unavailable with its reason, and readiness says so; the others keep serving
+        index = {m["name"]: m for m in requests.post(f"{srv.url}/v2/repository/index", json={}, timeout=10).json()}
+        assert {n: m["state"] for n, m in index.items()} == {"iris-tensor": "READY", "iris-columns": "READY",
+                                                            "broken": "UNAVAILABLE"}, index
+        assert "no MLmodel file" in index["broken"]["reason"], index
+        r = requests.post(f"{srv.url}/v2/models/broken/infer", json=v2_body(rows, "FP32"), timeout=30)
+        assert r.status_code == 503 and "no MLmodel file" in r.json()["error"], r.text
+        ready = requests.get(f"{srv.url}/v2/health/ready", timeout=10)
+        assert ready.status_code == 503 and "model 'broken'" in ready.json()["error"], ready.text
+        assert srv.healthcheck().returncode != 0  # the HEALTHCHECK reads readiness: unhealthy, still serving
+        r = requests.post(f"{srv.url}/v2/models/iris-tensor/infer", json=v2_body(rows, "FP32"), timeout=30)
+        assert r.status_code == 200, r.text
+        # only the first model claims MLflow's bare /invocations
+        r = requests.post(f"{srv.url}/invocations", json={"inputs": rows.tolist()}, timeout=30)
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["predictions"]), want, rtol=1e-5)
+        log = srv.log()
+        assert f"modelserve-start: model 'iris-columns' from {built['columns']} (MODEL_URI_1)" in log
+        written = sorted(p.parent.name for p in tmp.glob("modelserve-env-models-*/*/model-settings.json"))
+        assert written == ["broken", "iris-columns", "iris-tensor"], written
+        assert "Traceback" not in log
     finally:
         srv.stop()
 

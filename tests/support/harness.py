@@ -18,6 +18,16 @@ import requests
 MLSERVER = str(Path(sys.executable).with_name("mlserver"))
 
 
+def eventually(check, timeout: float = 60.0, every: float = 0.3) -> bool:
+    """Whether ``check()`` turns true within ``timeout`` seconds (polled every ``every``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return bool(check())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

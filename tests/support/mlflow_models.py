@@ -66,6 +66,48 @@ class Echo(mlflow.pyfunc.PythonModel):
 mlflow.models.set_model(Echo())
 '''
 
+# ModelHub pyfuncs, written as for ModelHub (no signature, a DataFrame in): "describe" answers what it was given
+# (one row: the columns, the row count, each column's first value's type and the params); "embedder" answers
+# ModelHub's embedding column (one vector per text, [len(text), words]).
+MODELHUB_MODEL_CODE = '''
+import json
+
+import mlflow
+import pandas as pd
+
+
+class Describe(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        df = model_input
+        first = {str(c): df[c].iloc[0] for c in df.columns}
+        return pd.DataFrame({
+            "columns": [json.dumps([str(c) for c in df.columns])],
+            "rows": [len(df)],
+            "types": [json.dumps({c: type(v).__name__ for c, v in first.items()})],
+            "lengths": [json.dumps({c: len(v) for c, v in first.items() if isinstance(v, (str, bytes, list))})],
+            "params": [json.dumps(params)],
+        })
+
+
+mlflow.models.set_model(Describe())
+'''
+
+EMBEDDER_MODEL_CODE = '''
+import json
+
+import mlflow
+import pandas as pd
+
+
+class Embedder(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        texts = model_input["texts"].iloc[0]
+        return pd.DataFrame({"embeddings": [json.dumps([[float(len(t)), float(len(t.split()))] for t in texts])]})
+
+
+mlflow.models.set_model(Embedder())
+'''
+
 _lock = threading.Lock()
 _built: Dict[str, Path] = {}
 
@@ -161,6 +203,11 @@ def build(artdir: Path) -> Dict[str, Path]:
             p, python_model=str(code), signature=infer_signature(echo, echo)))
         _built["nosig"] = _save(artdir / "nosig", lambda p: mlflow.pyfunc.save_model(
             p, python_model=str(code)))
+        # (g) ModelHub's pyfuncs: no signature, DataFrames in
+        for key, source in (("describe", MODELHUB_MODEL_CODE), ("embedder", EMBEDDER_MODEL_CODE)):
+            code = artdir / f"{key}_model.py"
+            code.write_text(source)
+            _built[key] = _save(artdir / key, lambda p, c=code: mlflow.pyfunc.save_model(p, python_model=str(c)))
         return dict(_built)
 
 
@@ -170,6 +217,10 @@ SERVED = {
     "mlflow-columns": ("columns", {}),
     "mlflow-tensor": ("tensor", {"root_invocations": False}),
     "mlflow-params": ("params", {"root_invocations": False}),
+    # ModelHub's shapes (tests/server/test_modelhub_server.py)
+    "modelhub-describe": ("describe", {"root_invocations": False}),
+    "modelhub-embedder": ("embedder", {"root_invocations": False}),
+    "mlflow-nosig-frame": ("nosig", {"root_invocations": False, "signatureless_input": "dataframe"}),
 }
 
 
@@ -179,3 +230,6 @@ def mlflow_models(root: Path, artdir: Path) -> None:
     for name, (key, extra) in SERVED.items():
         params = {"uri": "./model", **({"extra": extra} if extra else {})}
         write_model(root, name, {"implementation": MLFLOW, "parameters": params}, {"model": built[key]})
+    write_model(root, "modelhub-batched", {"implementation": MLFLOW, "max_batch_size": 4, "max_batch_time": 0.05,
+                                           "parameters": {"uri": "./model", "extra": {"root_invocations": False}}},
+                {"model": built["describe"]})

@@ -20,6 +20,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
 from ..batching import MODEL_FILE_LOCK, Coalescer, ModelThread
 from ..codecs import text_rows, token_tensors
+from ..mlserver_compat import text_as_tensor
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
 from ..engines import transformers as engine
 from ..engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
@@ -57,6 +58,8 @@ class TransformersBackend(Backend):
                                     max_rows=options.max_coalesced_rows, enabled=options.coalesce)
         self._thread = ModelThread("modelserve-generate") if self.task in GENERATION_TASKS else None
         self._set_metadata()
+        # a text uploaded as the body (Content-Type text/plain, application/octet-stream, ...): the one text
+        self.raw_body = text_as_tensor(self.inputs[0].name)
         self.openai_kinds = frozenset({"embeddings"} if self.task == Task.TEXT_EMBEDDING else
                                       {"completions", "chat"} if self.task == Task.TEXT_GENERATION else ())
         from .transformers_openai import TransformersOpenAI

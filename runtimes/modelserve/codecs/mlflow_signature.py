@@ -144,7 +144,9 @@ def _primitive(name: str, inp: RequestInput, arr: np.ndarray, t: DataType) -> np
 class SignatureCodec:
     """Decodes V2 requests by an MLflow signature (tensor-based, column-based or none) and encodes results."""
 
-    def __init__(self, inputs: Optional[Schema], outputs: Optional[Schema], params: Optional[ParamSchema]):
+    def __init__(self, inputs: Optional[Schema], outputs: Optional[Schema], params: Optional[ParamSchema],
+                 signatureless: str = "tensor"):
+        self.signatureless = signatureless  # MLflowOptions.signatureless_input
         self.inputs = inputs if inputs is not None and inputs.inputs else None
         self.outputs = outputs if outputs is not None and outputs.inputs else None
         self.params = {p.name: p for p in params.params} if params is not None else {}
@@ -152,8 +154,9 @@ class SignatureCodec:
         self.named = bool(self.inputs is not None and self.inputs.has_input_names())
 
     @classmethod
-    def from_model_metadata(cls, metadata) -> "SignatureCodec":
-        return cls(metadata.get_input_schema(), metadata.get_output_schema(), metadata.get_params_schema())
+    def from_model_metadata(cls, metadata, signatureless: str = "tensor") -> "SignatureCodec":
+        return cls(metadata.get_input_schema(), metadata.get_output_schema(), metadata.get_params_schema(),
+                   signatureless)
 
     # -- V2 metadata -------------------------------------------------------------------------------
     @staticmethod
@@ -202,10 +205,14 @@ class SignatureCodec:
         return self._decode_columns(inputs)
 
     def _decode_unsigned(self, payload: InferenceRequest) -> Any:
-        """No signature: as MLServer does, one input is an ndarray and several are DataFrame columns."""
+        """No signature: as MLServer does, one input is an ndarray and several are DataFrame columns; with
+        ``signatureless_input: dataframe`` one input is a DataFrame too, laid out as ModelHub's V2 path does
+        (``AutoModelPredictor._predict_v2``: BYTES -> column ``data``, numbers -> ``pd.DataFrame(array)``)."""
         inputs = payload.inputs
         params = payload.parameters
         as_frame = bool(params and getattr(params, "content_type", None) == PandasCodec.ContentType)
+        if len(inputs) == 1 and self.signatureless == "dataframe" and not as_frame:
+            return _single_frame(inputs[0])
         if len(inputs) == 1 and not as_frame:
             return decode_array(inputs[0])
         return _frame({i.name: decode_column(i) for i in inputs})
@@ -297,6 +304,22 @@ def _from_text(value: Any, spec: ParamSpec) -> Any:
     if kind == "boolean" and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return value
+
+
+def _single_frame(inp: RequestInput):
+    """One input as ModelHub hands it to a signature-less pyfunc: BYTES as the column ``data`` (one row per
+    element), numbers as ``pd.DataFrame`` of the [rows, n] tensor (columns 0..n-1; a 1-D tensor is one column)."""
+    if datatype_of(inp) == "BYTES":
+        return _frame({"data": decode_column(inp)})
+    arr = decode_array(inp)
+    if arr.ndim > 2:
+        raise BadRequest(f"input '{inp.name}': a model without a signature takes a [rows, columns] tensor as a "
+                         f"DataFrame (signatureless_input: dataframe), got shape {list(arr.shape)}")
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim == 2 and arr.shape[1] == 0:
+        raise BadRequest(f"input '{inp.name}': shape {list(arr.shape)} has no columns")
+    return _frame({i: arr[:, i] for i in range(arr.shape[1])} if arr.ndim == 2 else {0: arr})
 
 
 def _frame(columns: Dict[Any, np.ndarray]):
