@@ -264,3 +264,25 @@ def test_a_failing_streamed_generation_ends_with_an_error_not_a_hang(tiny, monke
     monkeypatch.setattr(rt.backend.model, "generate", broken)
     with pytest.raises(InternalError, match="RuntimeError: out of memory"):
         _stream(rt, PROMPTS[:1], max_new_tokens=3)
+
+
+def test_cross_encoders_are_told_apart_from_classifiers():
+    from modelserve.engines.transformers import infer_task
+    from modelserve.options import Task
+
+    seq = ["BertForSequenceClassification"]
+    assert infer_task(seq, False, 3) == Task.SEQUENCE_CLASSIFICATION
+    assert infer_task(seq, False, 1) == Task.TEXT_RERANKING  # one logit: a cross-encoder (softmax of one is 1)
+    assert infer_task(seq, True, 2, cross_encoder=True) == Task.TEXT_RERANKING  # sentence-transformers 5+ folder
+    assert infer_task(["BertModel"], True, None, cross_encoder=False) == Task.TEXT_EMBEDDING
+
+
+def test_rerank_activation_follows_the_cross_encoders_config():
+    from types import SimpleNamespace
+
+    from modelserve.backends.rerank import activation_of
+
+    assert activation_of(SimpleNamespace(), {}) == "sigmoid"
+    assert activation_of(SimpleNamespace(), {"activation_fn": "torch.nn.modules.linear.Identity"}) == "identity"
+    assert activation_of(SimpleNamespace(sentence_transformers={"activation_fn": "torch.nn.Tanh"}), {}) == "tanh"
+    assert activation_of(SimpleNamespace(sbert_ce_default_activation_function="my.Custom"), {}) is None

@@ -51,9 +51,9 @@ def test_wrong_type_names_the_key():
 
 def test_mission_vocabularies():
     assert [t.value for t in Task] == ["sequence_classification", "token_classification", "fill_mask",
-                                       "text_generation", "text2text_generation", "text_embedding"]
+                                       "text_generation", "text2text_generation", "text_embedding", "text_reranking"]
     assert [b.value for b in Backend] == ["AUTO", "VLLM", "HUGGINGFACE"]
     assert [d.value for d in Dtype] == ["AUTO", "FLOAT32", "FLOAT16", "BFLOAT16", "FLOAT", "HALF"]
     assert [e.value for e in Engine] == ["VLLM", "OLlama", "FasterWhisper", "Infinity"]
-    assert [f.value for f in Feature] == ["TextGeneration", "TextEmbedding", "SpeechToText"]
+    assert [f.value for f in Feature] == ["TextGeneration", "TextEmbedding", "SpeechToText", "Reranking"]
     assert Engine("ollama") is Engine.OLLAMA

@@ -18,7 +18,7 @@ from . import storage
 from .backends import Backend
 from .backends.engine import EngineBackend
 from .engines import vllm
-from .engines.transformers import infer_task
+from .engines.transformers import config_labels, infer_task, is_cross_encoder
 from .engines.workdir import workdir
 from .errors import ModelLoadError
 from .options import Backend as BackendChoice
@@ -125,7 +125,8 @@ class HuggingFaceRuntime(Runtime):
             config = json.loads((path / "config.json").read_text())
         except ValueError as exc:
             raise ModelLoadError(self.name, f"config.json is not valid JSON: {exc}") from None
-        return self.options.task or infer_task(list(config.get("architectures") or []), (path / "modules.json").exists())
+        return self.options.task or infer_task(list(config.get("architectures") or []), (path / "modules.json").exists(),
+                                               config_labels(config), is_cross_encoder(path))
 
     def _choose(self, path: Path) -> BackendChoice:
         opts: HuggingFaceOptions = self.options

@@ -30,6 +30,7 @@ class Task(_CaseInsensitiveEnum):
     TEXT_GENERATION = "text_generation"
     TEXT2TEXT_GENERATION = "text2text_generation"
     TEXT_EMBEDDING = "text_embedding"
+    TEXT_RERANKING = "text_reranking"
 
 
 class Backend(_CaseInsensitiveEnum):
@@ -58,6 +59,7 @@ class Feature(_CaseInsensitiveEnum):
     TEXT_GENERATION = "TextGeneration"
     TEXT_EMBEDDING = "TextEmbedding"
     SPEECH_TO_TEXT = "SpeechToText"
+    RERANKING = "Reranking"
 
 
 class RuntimeOptions(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -49,6 +50,21 @@ def build_classifier(out: Path) -> Path:
     """A tiny BertForSequenceClassification with three named labels, MiniLM's tokenizer beside it."""
     return _tiny_bert(out, "BertForSequenceClassification", 0, num_labels=3, id2label=LABELS,
                       label2id={v: k for k, v in LABELS.items()})
+
+
+def build_cross_encoder(out: Path, num_labels: int = 1, seed: int = 5) -> Path:
+    """A tiny cross-encoder (BertForSequenceClassification over (query, document) pairs, one logit or two labels),
+    random but seeded (weights of a wider spread than BERT's default, so that pairs' scores differ by ~0.05 rather
+    than 1e-4), saved by sentence-transformers' CrossEncoder itself (so its config says CrossEncoder)."""
+    from sentence_transformers import CrossEncoder
+
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    _tiny_bert(tmp, "BertForSequenceClassification", seed, num_labels=num_labels, initializer_range=0.2)
+    CrossEncoder(str(tmp), device="cpu").save(str(out))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def build_encoder(out: Path) -> Path:

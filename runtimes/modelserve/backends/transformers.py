@@ -23,10 +23,11 @@ from ..codecs import text_rows, token_tensors
 from ..mlserver_compat import text_as_tensor
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
 from ..engines import transformers as engine
-from ..engines.transformers import GENERATION_TASKS, TASK_HEADS, infer_task, pool, read_sentence_transformers
+from ..engines.transformers import (GENERATION_TASKS, TASK_HEADS, infer_task, is_cross_encoder, pool,
+                                    read_sentence_transformers)
 from ..errors import BadRequest, ModelLoadError
 from ..options import Task
-from . import Backend
+from . import Backend, rerank
 
 logger = logging.getLogger("mlserver.modelserve.huggingface")
 
@@ -38,6 +39,7 @@ OUTPUTS = {  # task -> (outputs offered, outputs answered by default)
     Task.FILL_MASK: (("tokens", "scores"), ("tokens", "scores")),
     Task.TEXT_GENERATION: (("text",), ("text",)),
     Task.TEXT2TEXT_GENERATION: (("text",), ("text",)),
+    Task.TEXT_RERANKING: (rerank.OFFERED, rerank.DEFAULT),
 }
 TEXTS = "one input tensor of texts"
 
@@ -58,10 +60,12 @@ class TransformersBackend(Backend):
                                     max_rows=options.max_coalesced_rows, enabled=options.coalesce)
         self._thread = ModelThread("modelserve-generate") if self.task in GENERATION_TASKS else None
         self._set_metadata()
-        # a text uploaded as the body (Content-Type text/plain, application/octet-stream, ...): the one text
-        self.raw_body = text_as_tensor(self.inputs[0].name)
+        if self.task != Task.TEXT_RERANKING:
+            # a text uploaded as the body (Content-Type text/plain, application/octet-stream, ...): the one text
+            self.raw_body = text_as_tensor(self.inputs[0].name)
         self.openai_kinds = frozenset({"embeddings"} if self.task == Task.TEXT_EMBEDDING else
-                                      {"completions", "chat"} if self.task == Task.TEXT_GENERATION else ())
+                                      {"completions", "chat"} if self.task == Task.TEXT_GENERATION else
+                                      rerank.RERANK_KINDS if self.task == Task.TEXT_RERANKING else ())
         from .transformers_openai import TransformersOpenAI
 
         self._openai = TransformersOpenAI(self)
@@ -79,7 +83,7 @@ class TransformersBackend(Backend):
         archs = list(getattr(config, "architectures", None) or [])
         arch = archs[0] if archs else type(config).__name__
         is_st = (path / "modules.json").exists()
-        task = opts.task or infer_task(archs, is_st)
+        task = opts.task or infer_task(archs, is_st, getattr(config, "num_labels", None), is_cross_encoder(path))
         if task is None:
             raise ModelLoadError(self.name, f"cannot tell the task of architecture {arch}: set option 'task' "
                                             f"({', '.join(t.value for t in Task)})")
@@ -129,6 +133,16 @@ class TransformersBackend(Backend):
             raise ModelLoadError(self.name, f"option 'max_length': {opts.max_length} is more than this model "
                                             f"takes ({self.model_limit} tokens)")
         self.labels: List[str] = []
+        self.activation = None
+        if task == Task.TEXT_RERANKING:
+            if config.num_labels not in (1, 2):
+                raise ModelLoadError(self.name, f"task 'text_reranking' needs a cross-encoder (one logit, or two labels "
+                                                f"with label 1 the relevant one); this model has {config.num_labels}")
+            self.activation = (rerank.activation_of(config, engine.st_config(path)) if config.num_labels == 1
+                               else "softmax")
+            if self.activation is None:
+                raise ModelLoadError(self.name, "task 'text_reranking': the sentence-transformers activation_fn in "
+                                                "config.json is not one of Sigmoid, Identity, Tanh")
         if task in (Task.SEQUENCE_CLASSIFICATION, Task.TOKEN_CLASSIFICATION):
             id2label = getattr(config, "id2label", None) or {}
             self.labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
@@ -139,6 +153,9 @@ class TransformersBackend(Backend):
                 raise ModelLoadError(self.name, f"option 'tensor_input_names' ({arch}): {exc}") from None
 
     def _set_metadata(self) -> None:
+        if self.task == Task.TEXT_RERANKING:
+            self.inputs, self.outputs = list(rerank.INPUTS), list(rerank.OUTPUTS)
+            return
         name = "prompt" if self.task in GENERATION_TASKS else "text"
         self.inputs = [MetadataTensor(name=name, datatype="BYTES", shape=[-1])]
         self.inputs += [MetadataTensor(name=n, datatype="INT64", shape=[-1, -1])
@@ -163,22 +180,26 @@ class TransformersBackend(Backend):
             self._thread.close()
 
     # -- request -> token ids ----------------------------------------------------------------------
-    def encode(self, texts: List[str], **extra) -> List[Dict[str, List[int]]]:
+    def encode(self, texts: List[str], pairs: Optional[List[str]] = None, **extra) -> List[Dict[str, List[int]]]:
+        """Token ids of each text (of each (text, pairs[i]) for a cross-encoder); too long is a 400 unless option
+        max_length truncates (a pair: the longer side first, as sentence-transformers' CrossEncoder does)."""
         opts = self.options
         if self.lower_text:
             texts = [t.lower() for t in texts]
+            pairs = [t.lower() for t in pairs] if pairs is not None else None
         kw: Dict[str, Any] = {"add_special_tokens": not opts.disable_special_tokens, **extra}
         if opts.return_token_type_ids is not None:
             kw["return_token_type_ids"] = opts.return_token_type_ids
         if opts.max_length is not None:
             kw.update(truncation=True, max_length=opts.max_length)
-        enc = self.tokenizer(texts, **kw)
+        enc = self.tokenizer(texts, pairs, **kw) if pairs is not None else self.tokenizer(texts, **kw)
         rows = [dict(zip(enc.keys(), values)) for values in zip(*enc.values())]
         if opts.max_length is None:
             for i, row in enumerate(rows):
                 n = len(row["input_ids"])
                 if n > self.model_limit:
-                    raise BadRequest(f"text {i} is {n} tokens long; this model takes at most {self.model_limit} "
+                    what = f"text {i}" if pairs is None else f"pair {i} (the query and document {i})"
+                    raise BadRequest(f"{what} is {n} tokens long; this model takes at most {self.model_limit} "
                                      "(set option max_length to truncate)")
         return rows
 
@@ -204,6 +225,8 @@ class TransformersBackend(Backend):
                 return {"embedding": vec.cpu().numpy()}
             if self.task == Task.FILL_MASK:
                 return engine.fill_mask_call(self.model, batch, self.tokenizer.mask_token_id, key[1])
+            if self.task == Task.TEXT_RERANKING:
+                return {"scores": engine.relevance(self.model(**batch).logits.float(), self.activation).cpu().numpy()}
             probs = torch.softmax(self.model(**batch).logits.float(), dim=-1).cpu().numpy()
         return {"probabilities": probs}
 
@@ -216,8 +239,16 @@ class TransformersBackend(Backend):
             default = ("probabilities",)
         return wanted_outputs(payload, offered, default)
 
+    async def score_pairs(self, firsts: List[str], seconds: List[str]):
+        """Cross-encoder relevance of each (firsts[i], seconds[i]), merged with concurrent requests' pairs."""
+        rows = self.encode(firsts, seconds)
+        scores = (await self._coalescer(self.task, rows, len(rows)))["scores"]
+        return scores, sum(len(r["input_ids"]) for r in rows)
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         wanted = self._wanted(payload)
+        if self.task == Task.TEXT_RERANKING:
+            return self.response(payload, await rerank.predict(self, payload), wanted)
         if self.options.tensor_input_names and token_tensors.is_tensor_request(payload):
             result = await self._predict_tensors(payload)
         else:
@@ -337,4 +368,6 @@ class TransformersBackend(Backend):
 
     # -- OpenAI routes -----------------------------------------------------------------------------
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
+        if kind in rerank.RERANK_KINDS:
+            return await rerank.openai_call(self, kind, body)
         return await self._openai.call(kind, body)

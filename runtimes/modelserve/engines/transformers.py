@@ -26,6 +26,7 @@ _ARCH_TASKS = (  # architecture-name suffix -> the task it is built for
 TASK_HEADS = {  # task -> (transformers Auto class, architecture suffixes that have the head it needs)
     Task.TEXT_EMBEDDING: ("AutoModel", ()),
     Task.SEQUENCE_CLASSIFICATION: ("AutoModelForSequenceClassification", ("ForSequenceClassification",)),
+    Task.TEXT_RERANKING: ("AutoModelForSequenceClassification", ("ForSequenceClassification",)),
     Task.TOKEN_CLASSIFICATION: ("AutoModelForTokenClassification", ("ForTokenClassification",)),
     Task.FILL_MASK: ("AutoModelForMaskedLM", ("ForMaskedLM",)),
     Task.TEXT_GENERATION: ("AutoModelForCausalLM", ("ForCausalLM", "LMHeadModel")),
@@ -36,14 +37,45 @@ POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
 _ST_OK = ("Transformer", "Pooling", "Normalize")  # sentence-transformers modules this runtime reproduces
 
 
-def infer_task(architectures: Sequence[str], sentence_transformers: bool) -> Optional[Task]:
+def infer_task(architectures: Sequence[str], sentence_transformers: bool, num_labels: Optional[int] = None,
+               cross_encoder: bool = False) -> Optional[Task]:
+    """The task a folder's model is built for. A sequence classifier with one label, or one saved as a
+    sentence-transformers CrossEncoder, is a cross-encoder: text_reranking (sentence-transformers 5+ writes
+    modules.json for a CrossEncoder too)."""
+    if cross_encoder and any(a.endswith("ForSequenceClassification") for a in architectures):
+        return Task.TEXT_RERANKING
     if sentence_transformers:
         return Task.TEXT_EMBEDDING
     for arch in architectures:
         for suffix, task in _ARCH_TASKS:
             if arch.endswith(suffix):
+                if task == Task.SEQUENCE_CLASSIFICATION and (num_labels == 1 or cross_encoder):
+                    return Task.TEXT_RERANKING
                 return task
     return None
+
+
+def st_config(folder: Path) -> dict:
+    """config_sentence_transformers.json, or {}."""
+    conf = folder / "config_sentence_transformers.json"
+    try:
+        data = json.loads(conf.read_text()) if conf.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_cross_encoder(folder: Path) -> bool:
+    """Saved by sentence-transformers' CrossEncoder (config_sentence_transformers.json says so)."""
+    return st_config(folder).get("model_type") == "CrossEncoder"
+
+
+def config_labels(config: dict) -> Optional[int]:
+    """``num_labels`` of a config.json read as JSON (transformers derives it from id2label)."""
+    if isinstance(config.get("num_labels"), int):
+        return config["num_labels"]
+    labels = config.get("id2label")
+    return len(labels) if isinstance(labels, dict) else None
 
 
 def read_sentence_transformers(folder: Path) -> Tuple[Optional[str], bool, Optional[int], bool]:
@@ -122,6 +154,21 @@ def pad(tokenizer, rows: List[Dict[str, List[int]]]) -> Dict[str, Any]:
                 arr[i, :len(v)] = v
         out[key] = torch.from_numpy(arr)
     return out
+
+
+def relevance(logits, activation: str):
+    """A cross-encoder's scores from its logits [n, labels]: the activation of its one logit (sentence-transformers'
+    CrossEncoder.predict), or for two labels the probability of label 1."""
+    import torch
+
+    if activation == "softmax":
+        return torch.softmax(logits, dim=-1)[:, 1]
+    one = logits[:, 0]
+    if activation == "sigmoid":
+        return torch.sigmoid(one)
+    if activation == "tanh":
+        return torch.tanh(one)
+    return one
 
 
 # -- token classification ----------------------------------------------------------------------------

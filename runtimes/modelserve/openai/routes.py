@@ -1,5 +1,6 @@
 """OpenAI-compatible routes on MLServer's HTTP port: /v1/models, /v1/completions, /v1/chat/completions,
-/v1/embeddings, /v1/audio/transcriptions.
+/v1/embeddings, /v1/audio/transcriptions, and the reranking routes the same clients' ecosystems use: /v1/rerank
+(Cohere v1, Jina, vLLM, Infinity), /v2/rerank (Cohere v2) and /v1/score (vLLM's).
 
 Every model that can answer them adds the same routes (MLServer custom handlers, one set per model, so
 unloading one model leaves the others' in place); whichever route FastAPI picks looks the request's
@@ -34,8 +35,13 @@ ROUTES = (
     ("/v1/chat/completions", "POST", "openai_chat_route", "chat"),
     ("/v1/embeddings", "POST", "openai_embeddings_route", "embeddings"),
     ("/v1/audio/transcriptions", "POST", "openai_transcriptions_route", "transcriptions"),
+    ("/v1/rerank", "POST", "openai_rerank_route", "rerank"),
+    ("/v2/rerank", "POST", "openai_rerank_v2_route", "rerank"),
+    ("/v1/score", "POST", "openai_score_route", "score"),
 )
-PATHS = {kind: path for path, _, _, kind in ROUTES}
+PATHS: Dict[str, str] = {}
+for _path, _, _, _kind in ROUTES:
+    PATHS.setdefault(_kind, _path)
 
 
 class OpenAIServed(Protocol):
@@ -132,7 +138,9 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
                 raise OpenAIError("the body must be a JSON object")
         served, model_id = lookup(body.get("model"))
         if not served.openai_supports(kind):
-            raise OpenAIError(f"model '{model_id}' does not serve {PATHS[kind]}", 400, param="model")
+            serves = [PATHS[k] for k in PATHS if k != "models" and served.openai_supports(k)]
+            raise OpenAIError(f"model '{model_id}' does not serve {PATHS[kind]} (it serves: {', '.join(serves)})",
+                              400, param="model")
         if kind == "transcriptions":
             if not raw:
                 raise OpenAIError("'file' is required: the audio file, as a multipart part named file", param="file")
