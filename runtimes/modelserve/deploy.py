@@ -5,7 +5,8 @@
         [--autoscaling-disabled] [--target-request N] [--scale-down-delay-seconds N]
         [--processors PROFILE:COUNT] [-o FILE]
 
-prints a KServe ``InferenceService`` for the model. KubeAI models pick their image by ``engine`` (one
+prints a KServe ``InferenceService`` for the model (and, when ``scaling.load_balancing`` is set, the
+``InferencePool`` and ``HTTPRoute`` that put llm-d's endpoint picker in front of it: :func:`epp_config`). KubeAI models pick their image by ``engine`` (one
 ServingRuntime per engine), their ``url`` becomes the ``storageUri`` and ``processors`` the GPU limits.
 Import-light on purpose: no runtime, MLServer or numpy import, and PyYAML only when present (without it
 the output is JSON, which is YAML too).
@@ -140,8 +141,10 @@ def _int(name: str, value: Any, minimum: int) -> int:
 
 
 def scaling_spec(scaling: Dict[str, Any], mode: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """KServe predictor fields and InferenceService annotations for the scaling options."""
-    unknown = sorted(set(scaling) - set(SCALING_KEYS))
+    """KServe predictor fields and InferenceService annotations for the scaling options (load_balancing is
+    not the InferenceService's: :func:`load_balancing_objects`)."""
+    scaling = {k: v for k, v in scaling.items() if k != "load_balancing"}
+    unknown = sorted(set(scaling) - set(SCALING_KEYS) - {"load_balancing"})
     if unknown:
         raise RenderError(f"unknown scaling option(s) {', '.join(unknown)}; allowed: {', '.join(SCALING_KEYS)}")
     scaling = {k: v for k, v in scaling.items() if v is not None}
@@ -273,6 +276,86 @@ def render(settings: Dict[str, Any], *, storage_uri: Optional[str] = None, runti
             "spec": {"predictor": predictor}}
 
 
+# -- load balancing on KServe: an InferencePool and llm-d's endpoint picker (EPP) ------------------------------
+EPP_PORT = 9002  # the endpoint picker's ext-proc port (llm-d-router's default)
+LB_STRATEGIES = ("LeastLoad", "PrefixHash")
+PREFIX_HASH_DEFAULTS = {"mean_load_factor": 125, "replication": 256, "prefix_char_length": 100}
+
+
+def _load_balancing(lb: Any) -> Tuple[str, Dict[str, int]]:
+    """(strategy, prefix_hash) of KubeAI's load_balancing, checked, with KubeAI's defaults."""
+    if not isinstance(lb, dict):
+        raise RenderError(f"scaling.load_balancing must be a mapping, got {lb!r}")
+    unknown = sorted(set(lb) - {"strategy", "prefix_hash"})
+    if unknown:
+        raise RenderError(f"unknown load_balancing option {unknown[0]}; allowed: strategy, prefix_hash")
+    strategy = next((s for s in LB_STRATEGIES if str(lb.get("strategy", "LeastLoad")).lower() == s.lower()), None)
+    if strategy is None:
+        raise RenderError(f"load_balancing.strategy {lb.get('strategy')!r}; allowed: {', '.join(LB_STRATEGIES)}")
+    ph = dict(PREFIX_HASH_DEFAULTS)
+    given = lb.get("prefix_hash") or {}
+    unknown = sorted(set(given) - set(ph))
+    if unknown:
+        raise RenderError(f"unknown load_balancing.prefix_hash option {unknown[0]}; allowed: {', '.join(ph)}")
+    ph.update({k: _int(f"prefix_hash.{k}", v, 100 if k == "mean_load_factor" else 1) for k, v in given.items()})
+    return strategy, ph
+
+
+def epp_config(lb: Dict[str, Any]) -> Dict[str, Any]:
+    """llm-d-router's EndpointPickerConfig for KubeAI's strategy. Our pods run MLServer, not vLLM: the default
+    vLLM metrics scraping is off (dataLayer.injectDefaults false), so load is what the picker itself counts
+    (active-request-scorer: requests in flight per pod, KubeAI's LeastLoad). PrefixHash adds the approximate
+    prefix-cache producer and its scorer over the OpenAI bodies (openai-parser); the passthrough parser, last,
+    forwards every other path (V2 infer, audio uploads) unparsed instead of refusing it."""
+    strategy, _ = _load_balancing(lb)
+    plugins: List[Dict[str, Any]] = [{"type": "openai-parser"}, {"type": "passthrough-parser"},
+                                     {"type": "active-request-scorer"}]
+    profile: List[Dict[str, Any]] = [{"pluginRef": "active-request-scorer", "weight": 1}]
+    if strategy == "PrefixHash":
+        plugins += [{"type": "approx-prefix-cache-producer"}, {"type": "prefix-cache-scorer",
+                     "parameters": {"prefixMatchInfoProducerName": "approx-prefix-cache-producer"}}]
+        profile = [{"pluginRef": "prefix-cache-scorer", "weight": 2}] + profile
+    plugins.append({"type": "max-score-picker"})
+    profile.append({"pluginRef": "max-score-picker"})
+    return {"apiVersion": "llm-d.ai/v1alpha1", "kind": "EndpointPickerConfig", "plugins": plugins,
+            "schedulingProfiles": [{"name": "default", "plugins": profile}],
+            "requestHandler": {"parsers": [{"pluginRef": "openai-parser"}, {"pluginRef": "passthrough-parser"}]},
+            "dataLayer": {"injectDefaults": False}}
+
+
+def load_balancing_objects(name: str, lb: Dict[str, Any], namespace: Optional[str] = None,
+                           gateway: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The InferencePool over the InferenceService's predictor pods (its endpoint picker is `<name>-epp`,
+    installed with :func:`epp_values`) and the HTTPRoute that sends a Gateway's traffic to it."""
+    _load_balancing(lb)
+    meta: Dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/name": name,
+                                                     "app.kubernetes.io/part-of": "modelserve"}}
+    if namespace:
+        meta["namespace"] = namespace
+    pool = {"apiVersion": "inference.networking.k8s.io/v1", "kind": "InferencePool", "metadata": meta,
+            "spec": {"selector": {"matchLabels": {"serving.kserve.io/inferenceservice": name}},
+                     "targetPorts": [{"number": 8080}], "appProtocol": "http",
+                     "endpointPickerRef": {"name": f"{name}-epp", "port": {"number": EPP_PORT},
+                                           "failureMode": "FailOpen"}}}
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": dict(meta),
+             "spec": {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                      "name": gateway or "inference-gateway"}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                 "backendRefs": [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
+                                                  "name": name}]}]}}
+    return [pool, route]
+
+
+def epp_values(name: str, lb: Dict[str, Any]) -> Dict[str, Any]:
+    """Helm values for llm-d-router's chart (release `<name>`, so its picker is `<name>-epp`): our config,
+    the pool rendered by :func:`load_balancing_objects` (inferencePool.create false)."""
+    return {"router": {"modelServers": {"matchLabels": {"serving.kserve.io/inferenceservice": name},
+                                        "targetPorts": [{"number": 8080}], "protocol": "http"},
+                       "inferencePool": {"create": False},
+                       "epp": {"pluginsConfigFile": "modelserve.yaml",
+                               "pluginsCustomConfig": {"modelserve.yaml": dump(epp_config(lb))}}}}
+
+
 def dump(obj: Dict[str, Any]) -> str:
     try:
         import yaml
@@ -316,8 +399,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = dump(isvc)
-    if args.output:
-        args.output.write_text(text)
+    lb = ((settings.get("parameters") or {}).get("extra") or {}).get("scaling", {}).get("load_balancing")
+    if lb is not None:  # KubeAI's load_balancing: an InferencePool + its picker
+        if args.mode == "ModelMesh":
+            print("error: scaling.load_balancing does not apply to ModelMesh (its service routes to the model's "
+                  "placement); use Serverless or RawDeployment", file=sys.stderr)
+            return 2
+        try:
+            extra = load_balancing_objects(isvc["metadata"]["name"], lb, namespace=args.namespace)
+        except RenderError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        text += "".join("---\n" + dump(o) for o in extra)
+    return write_out(text, args.output)
+
+
+def write_out(text: str, output: Optional[Path]) -> int:
+    """``text`` into ``output``, or to stdout; 0, the commands' exit status."""
+    if output:
+        output.write_text(text)
     else:
         sys.stdout.write(text)
     return 0

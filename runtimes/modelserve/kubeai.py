@@ -16,7 +16,7 @@ from .backends import Backend
 from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, EngineBackend
 from .engines.workdir import workdir, write_files
 from .errors import ModelLoadError
-from .options import Engine, Feature, RuntimeOptions
+from .options import Engine, Feature, RuntimeOptions, _CaseInsensitiveEnum
 from .runtime import Runtime
 
 logger = logging.getLogger("mlserver.modelserve.kubeai")
@@ -55,6 +55,32 @@ class FileSpec(_Strict):
     """The file's text."""
 
 
+class LoadBalancingStrategy(_CaseInsensitiveEnum):
+    LEAST_LOAD = "LeastLoad"
+    PREFIX_HASH = "PrefixHash"
+
+
+class PrefixHash(_Strict):
+    """KubeAI's prefix-hash settings (its defaults): consistent hashing with bounded loads over a prompt prefix."""
+
+    mean_load_factor: int = Field(default=125, ge=100)
+    """A replica takes at most this percentage of the mean load before the next one on the ring is chosen."""
+    replication: int = Field(default=256, ge=1)
+    """Virtual nodes per replica on the hash ring (KubeAI's proxy only)."""
+    prefix_char_length: int = Field(default=100, ge=1)
+    """Characters of the prompt's start that are hashed (KubeAI's proxy only)."""
+
+
+class LoadBalancing(_Strict):
+    """How requests are spread over the replicas: by KubeAI's proxy, or (KServe) an InferencePool's endpoint
+    picker; this server itself does not route."""
+
+    strategy: LoadBalancingStrategy = LoadBalancingStrategy.LEAST_LOAD
+    """LeastLoad (fewest requests in flight) or PrefixHash (same prompt prefix, same replica, within a load bound)."""
+    prefix_hash: PrefixHash = Field(default_factory=PrefixHash)
+    """The PrefixHash strategy's settings; read only with strategy PrefixHash."""
+
+
 class Scaling(_Strict):
     """KubeAI's scaling fields; the deployment renderer maps them onto KServe (validated here only)."""
 
@@ -70,6 +96,8 @@ class Scaling(_Strict):
     """Concurrent requests per replica that Knative scales on (Serverless only)."""
     scale_down_delay_seconds: Optional[int] = Field(default=None, ge=0)
     """Knative's scale-down delay in seconds (Serverless only)."""
+    load_balancing: Optional[LoadBalancing] = None
+    """Spreading requests over replicas: KubeAI's proxy, or the InferencePool the renderer writes for KServe."""
 
     @model_validator(mode="after")
     def _ordered(self):
