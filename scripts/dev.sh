@@ -31,6 +31,7 @@ setup() {
   mlserver_env .venv
   setup_vllm
   setup_infinity
+  setup_images
   .venv/bin/python settings/build_examples.py
 }
 
@@ -68,6 +69,30 @@ setup_infinity() {
   [ "${MODELSERVE_SKIP_INFINITY:-0}" = 1 ] && return 0
   engine_env .venv-infinity "$INFINITY_PIN"
   export MODELSERVE_INFINITY_COMMAND="${MODELSERVE_INFINITY_COMMAND:-$PWD/.venv-infinity/bin/infinity_emb}"
+}
+
+# The images built and run for real (scripts/images.py, tests/server/test_images_built.py): Debian's buildah, podman,
+# runc (crun fails on this kernel's cgroups hybrid mode) and mmdebstrap (the stand-in bases), and containers.conf
+# default_ulimits (containers may not raise rlimits here). Needs root (or sudo) for apt; MODELSERVE_SKIP_IMAGES=1
+# skips it, and the image tests then skip too.
+setup_images() {
+  [ "${MODELSERVE_SKIP_IMAGES:-0}" = 1 ] && return 0
+  local tool missing=() sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  for tool in buildah podman runc mmdebstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq buildah podman runc mmdebstrap >/dev/null
+  fi
+  local conf=/etc/containers/containers.conf limits='default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]'
+  if ! grep -qs '^ *default_ulimits' "$conf"; then
+    $sudo mkdir -p /etc/containers
+    if grep -qs '^\[containers\]' "$conf"; then
+      $sudo sed -i "/^\[containers\]/a $limits" "$conf"
+    else
+      printf '[containers]\n%s\n' "$limits" | $sudo tee -a "$conf" >/dev/null
+    fi
+  fi
 }
 
 # The Python 3.12 lane: .venv-py312 made the same way as .venv, then the unit tests and every test marked lane312
