@@ -76,3 +76,13 @@ def inproc(tmp_path_factory, artifacts):
 def any_server(request):
     """Runs a test against both MLServer modes."""
     return request.getfixturevalue("server" if request.param == "workers" else "inproc")
+
+
+@pytest.fixture(scope="session")
+def mlflow_tracking(tmp_path_factory):
+    """A real ``mlflow server`` (SQLite, served artifacts) on a free port: tests/support/mlflow_tracking.py."""
+    from .support.mlflow_tracking import MLflowTracking
+
+    srv = MLflowTracking(tmp_path_factory.mktemp("mlflow-tracking")).start()
+    yield srv
+    srv.stop()

@@ -31,6 +31,10 @@ class MLflowOptions(RuntimeOptions):
     """Also answer MLflow's own ``POST /invocations``. One model owns that path: the first loaded that
     claims it (MLServer loads models concurrently, so on a multi-model server set this to false on all
     but one). ``/models/{name}/invocations`` is always served."""
+    tracking_uri: Optional[str] = None
+    """The MLflow tracking server that `runs:/`, `models:/` and `mlflow-artifacts:/` URIs are looked up on (its
+    credentials from MLflow's usual variables); default $MLFLOW_TRACKING_URI, else ModelHub's
+    $MODELHUB_BASE_URL + $CLIENT_ID."""
     signatureless_input: Literal["tensor", "dataframe"] = "tensor"
     """What a model without an input signature gets from a V2 request. ``tensor`` (MLServer's and MLflow's
     choice for ``inputs``): one input is an ndarray, several are DataFrame columns. ``dataframe`` (ModelHub's
@@ -66,7 +70,8 @@ class MLflowRuntime(Runtime):
 
     async def _load(self) -> None:
         opts: MLflowOptions = self.options
-        path = await asyncio.to_thread(storage.resolve, self.settings, (), opts.cache_dir, opts.pvc_root)
+        path = await asyncio.to_thread(storage.resolve, self.settings, (), opts.cache_dir, opts.pvc_root, mlflow=True,
+                                       mlflow_tracking_uri=opts.tracking_uri)
         if path.is_file() and path.name == "MLmodel":
             path = path.parent
         if not path.is_dir():

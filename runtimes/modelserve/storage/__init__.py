@@ -1,5 +1,6 @@
 """Model URIs to local paths: local files and folders, pvc://, store:// (here), s3:// (s3.py: cached, atomic,
-verified downloads) and hf:// (hf.py: through huggingface_hub and its own cache)."""
+verified downloads), hf:// (hf.py: through huggingface_hub and its own cache) and, for the MLflow runtime,
+runs:/, models:/ and mlflow-artifacts:/ (mlflow_uris.py: through MLflow's client and the tracking server)."""
 
 from __future__ import annotations
 
@@ -39,16 +40,23 @@ def resolve(
     wellknown: Iterable[str] = (),
     cache_dir: Optional[str] = None,
     pvc_root: Optional[str] = None,
+    *,
+    mlflow: bool = False,
+    mlflow_tracking_uri: Optional[str] = None,
 ) -> Path:
     """The local path of the model that ``parameters.uri`` names.
 
     A folder holding one of the ``wellknown`` file names resolves to that file, as MLServer's own
-    ``get_model_uri`` does; otherwise the folder itself is returned.
+    ``get_model_uri`` does; otherwise the folder itself is returned. ``mlflow=True`` also accepts MLflow's
+    URIs (``runs:/``, ``models:/``, ``mlflow-artifacts:/``), resolved against ``mlflow_tracking_uri`` or the
+    tracking server the environment names (``mlflow_uris.tracking_uri``).
     """
     uri = ((settings.parameters.uri if settings.parameters else None) or "").strip()
     if not uri:
-        raise ModelLoadError(settings.name, f"parameters.uri is not set: point it at the model ({SUPPORTED})")
-    path = resolve_uri(settings, uri, cache_dir=cache_dir, pvc_root=pvc_root)
+        supported = SUPPORTED + (f", {MLFLOW_SUPPORTED}" if mlflow else "")
+        raise ModelLoadError(settings.name, f"parameters.uri is not set: point it at the model ({supported})")
+    path = resolve_uri(settings, uri, cache_dir=cache_dir, pvc_root=pvc_root, mlflow=mlflow,
+                       mlflow_tracking_uri=mlflow_tracking_uri)
     if path.is_dir():
         for fname in wellknown:
             if (path / fname).is_file():
@@ -58,6 +66,8 @@ def resolve(
 
 _FORMS = {"": "a local path", "file": "file://", "s3": "s3://bucket/key", "pvc": "pvc://claim/path",
           "hf": "hf://org/name[@revision]", "store": "store://path"}
+MLFLOW_SUPPORTED = ("runs:/<run_id>/<path>, models:/<name>/<version|latest>, models:/<name>@<alias> "
+                    "or mlflow-artifacts:/<path>")
 
 
 def resolve_uri(
@@ -68,9 +78,28 @@ def resolve_uri(
     pvc_root: Optional[str] = None,
     store_root: Optional[str] = None,
     schemes: Iterable[str] = ("", "file", "pvc", "s3", "hf"),
+    mlflow: bool = False,
+    mlflow_tracking_uri: Optional[str] = None,
 ) -> Path:
-    """The local path of one URI; a relative path is taken from the model-settings.json folder."""
+    """The local path of one URI; a relative path is taken from the model-settings.json folder.
+
+    MLflow's URIs (``runs:/``, ``models:/``, ``mlflow-artifacts:/``) are resolved only with ``mlflow=True``
+    (the MLflow runtime); elsewhere they are refused, not taken as relative paths.
+    """
     name = settings.name
+    from . import mlflow_uris
+
+    mlflow_scheme = mlflow_uris.scheme_of(uri)
+    if mlflow_scheme is not None:
+        if not mlflow:
+            listed = ", ".join(_FORMS.get(s, f"{s}://") for s in tuple(schemes))
+            raise ModelLoadError(name, f"'{mlflow_uris.redact(uri.strip())}' is an MLflow URI: only the MLflow "
+                                       f"runtime (modelserve.mlflow.MLflowRuntime) resolves {mlflow_scheme}:/ "
+                                       f"URIs; this runtime takes {listed}")
+        path = mlflow_uris.fetch(name, uri, cache_dir, mlflow_tracking_uri)
+        if not path.exists():
+            raise ModelLoadError(name, f"model path not found: {path} (from uri '{mlflow_uris.redact(uri)}')")
+        return path
     scheme, rest = split_uri(uri.strip())
     allowed = tuple(schemes)
     if scheme not in allowed:
@@ -155,5 +184,5 @@ def _on(value: Optional[str]) -> bool:
 # hf:// helpers that runtimes call directly (HuggingFace tokenizer revisions, KubeAI engines)
 from .hf import hf_cache_dir, hf_offline, hf_snapshot, parse_hf  # noqa: E402
 
-__all__ = ["SUPPORTED", "default_cache_dir", "split_uri", "resolve", "resolve_uri", "parse_hf", "hf_snapshot",
-           "hf_cache_dir", "hf_offline"]
+__all__ = ["SUPPORTED", "MLFLOW_SUPPORTED", "default_cache_dir", "split_uri", "resolve", "resolve_uri", "parse_hf",
+           "hf_snapshot", "hf_cache_dir", "hf_offline"]

@@ -3,7 +3,6 @@ objects' ETags, shared between processes by a lock, with credentials masked in b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -14,9 +13,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 from ..errors import ModelLoadError
+from .cache import entry_lock
 from . import _off, _on, default_cache_dir
 
 logger = logging.getLogger("mlserver.modelserve.storage")
@@ -224,28 +224,8 @@ class S3Download:
                 self._download(client, manifest)
         return self._path(manifest)
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / f".{self.entry.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise self.fail(f"cannot use the cache folder {self.root}: {exc.strerror or exc} "
-                            "(set the option cache_dir or MODELSERVE_CACHE_DIR)") from None
-        try:
-            try:
-                import fcntl
-
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    logger.info("model '%s': waiting for another loader downloading %s", self.model, self.uri)
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-            except (ImportError, OSError) as exc:  # no flock here (Windows, some network file systems)
-                logger.debug("model '%s': no lock on the cache (%s)", self.model, exc)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+    def _lock(self):
+        return entry_lock(self.root, self.entry.name, self.model, self.uri, self.fail)
 
     def _sweep(self) -> None:
         """Remove temporary folders of this entry that a killed process left behind."""
