@@ -2,7 +2,7 @@
 
     modelserve-huggingfaceserver --model_name NAME (--model_id ID [--model_revision R] | --model_dir DIR)
         [--task T] [--backend B] [--dtype D] [--max_length N] [--http_port P] [--grpc_port P] ... [--any_flag V]
-    python -m huggingfaceserver ...       (after `modelserve-huggingfaceserver --install-shim`, in the image)
+    python -m huggingfaceserver ...       (after `modelserve-dhcore-shims huggingfaceserver`, in the image)
 
 writes a model folder (model-settings.json from the flags) and runs `mlserver start` on it, HTTP 8080 and gRPC
 8081 by default as huggingfaceserver does. Booleans are `--flag`, `--flag true|false` or `--flag=...`; flags
@@ -12,7 +12,6 @@ the image's operator sets MODELSERVE_TRUST_REMOTE_CODE=true: DHCore sends `--tru
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +29,6 @@ VALUE_FLAGS = {"model_name", "model_id", "model_revision", "model_dir", "tokeniz
                "grpc_port"}
 TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 REMOTE_CODE_ENV = "MODELSERVE_TRUST_REMOTE_CODE"
-SHIM = "from modelserve.hfserver import main\nraise SystemExit(main())\n"
 
 
 class ArgError(ValueError):
@@ -126,30 +124,8 @@ def model_settings(flags: Dict[str, Any], environ=os.environ) -> Tuple[Dict[str,
     return settings, notes
 
 
-def install_shim(target: Optional[str]) -> int:
-    """Write a `huggingfaceserver` module that runs this one (so `python -m huggingfaceserver` works), into
-    ``target`` or site-packages; refuses where a real huggingfaceserver is importable."""
-    spec = importlib.util.find_spec("huggingfaceserver")
-    if spec is not None and not (Path(spec.origin or "").parent / ".modelserve-shim").exists():
-        print(f"error: a huggingfaceserver package is installed ({spec.origin}); not shadowing it", file=sys.stderr)
-        return 2
-    if target is None:
-        import sysconfig
-
-        target = sysconfig.get_paths()["purelib"]
-    folder = Path(target) / "huggingfaceserver"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "__init__.py").write_text('"""modelserve\'s stand-in for KServe huggingfaceserver\'s command line."""\n')
-    (folder / "__main__.py").write_text(SHIM)
-    (folder / ".modelserve-shim").write_text("")
-    print(f"wrote {folder}", file=sys.stderr)
-    return 0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--install-shim"]:
-        return install_shim(argv[1] if len(argv) > 1 else None)
     try:
         flags, ignored = parse(argv)
         settings, notes = model_settings(flags)

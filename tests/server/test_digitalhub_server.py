@@ -5,6 +5,7 @@ with DHCore's exact huggingfaceserver argument list for a MiniLM text_embedding 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -184,7 +185,7 @@ def test_vllmserve_pooling_embeds(vllm_served):
 
 # -- the huggingface image's entry point with DHCore's exact argument list ---------------------------------
 class HFServer(MLServerProcess):
-    """`python -m huggingfaceserver <args>` through the shim `modelserve-huggingfaceserver --install-shim` writes."""
+    """`python -m huggingfaceserver <args>` through the shim `modelserve-dhcore-shims huggingfaceserver` writes."""
 
     def __init__(self, root: Path, args: list, env: dict):
         super().__init__(root / "hf.log", {**os.environ, **env}, cwd=root)
@@ -196,7 +197,7 @@ class HFServer(MLServerProcess):
 
 def test_hf_image_entry_point_serves_dhcores_minilm_command_line(tmp_path):
     shim = tmp_path / "shim"
-    res = subprocess.run([sys.executable, "-m", "modelserve.hfserver", "--install-shim", str(shim)],
+    res = subprocess.run([sys.executable, "-m", "modelserve.dhcore", "huggingfaceserver", "--target", str(shim)],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     model_dir = tmp_path / "shared" / "model"  # DHCore's /shared/model layout
@@ -222,6 +223,71 @@ def test_hf_image_entry_point_serves_dhcores_minilm_command_line(tmp_path):
         assert "trust_remote_code" not in settings["parameters"]["extra"]
     finally:
         srv.stop()
-    again = subprocess.run([sys.executable, "-m", "modelserve.hfserver", "--install-shim", str(shim)],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(shim)})
-    assert again.returncode == 0  # our own shim may be rewritten; a real huggingfaceserver would be refused
+
+
+# -- DHCore's own /shared/ layout on the sklearn and mlflow images (stock class names, shims opted in) -------
+def dhcore_shared(root: Path, name: str, implementation: str, uri: str, files: dict) -> Path:
+    """/shared/ as SklearnServeRunner / MlflowServeRunner fill it: the model under <name>/ or model/ and the
+    model-settings.json they generate."""
+    shared = root / "shared"
+    for dest, src in files.items():
+        (shared / dest).parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).is_dir():
+            import shutil
+
+            shutil.copytree(src, shared / dest)
+        else:
+            (shared / dest).write_bytes(Path(src).read_bytes())
+    (shared / "model-settings.json").write_text(json.dumps(
+        {"name": name, "implementation": implementation, "parameters": {"uri": uri}}))
+    return shared
+
+
+@pytest.mark.parametrize("flavour", ["sklearn", "mlflow"])
+def test_dhcores_shared_layout_with_stock_class_names(tmp_path, flavour):
+    from modelserve import dhcore
+
+    shim = tmp_path / "shim"
+    res = subprocess.run([sys.executable, "-m", "modelserve.dhcore", f"mlserver_{flavour}", "--target", str(shim)],
+                         capture_output=True, text=True)
+    if importlib.util.find_spec(f"mlserver_{flavour}") is not None:
+        # the development venv has MLServer's own mlserver-sklearn (the benchmarks'): refused, not shadowed;
+        # the image has none. Served here through the same files, written unchecked for this process only.
+        assert res.returncode == 2 and "not shadowing it" in res.stderr
+        dhcore.write(f"mlserver_{flavour}", shim)
+    else:
+        assert res.returncode == 0, res.stderr
+    if flavour == "sklearn":
+        arts = build_all(tmp_path / "art")
+        shared = dhcore_shared(tmp_path, "model1", "mlserver_sklearn.SKLearnModel", "./model1/my-model.pkl",
+                               {"model1/my-model.pkl": arts["iris_pickle"]})
+    else:
+        from ..support.mlflow_models import build as build_mlflow
+
+        shared = dhcore_shared(tmp_path, "model1", "mlserver_mlflow.MLflowRuntime", "./model",
+                               {"model": build_mlflow(tmp_path / "mlflow-art")["tensor"]})
+    # MLServer's default parallel workers: the workers import the stock name too
+    srv = Server(shared, debug=False, env={"PYTHONPATH": str(shim)}).start(timeout=180)
+    try:
+        res = requests.post(f"{srv.url}/v2/models/model1/infer", json=IRIS, timeout=30)
+        assert res.status_code == 200, res.text + srv.log()[-2000:]
+        assert res.json()["outputs"][0]["shape"][0] == 2
+    finally:
+        srv.stop()
+
+
+def test_shims_never_shadow_a_real_package(tmp_path):
+    real = tmp_path / "site" / "mlserver_sklearn"
+    real.mkdir(parents=True)
+    (real / "__init__.py").write_text("class SKLearnModel: pass\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = subprocess.run([sys.executable, "-m", "modelserve.dhcore", "mlserver_sklearn", "--target",
+                          str(tmp_path / "shim")], capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and "a real mlserver_sklearn is installed" in res.stderr
+    assert not (tmp_path / "shim").exists()
+    argv = [sys.executable, "-m", "modelserve.dhcore", "huggingfaceserver", "mlserver_mlflow", "--target",
+            str(tmp_path / "site2")]
+    mine = subprocess.run(argv, capture_output=True, text=True)
+    assert mine.returncode == 0, mine.stderr
+    again = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site2")})
+    assert again.returncode == 0, again.stderr  # our own shims may be rewritten
