@@ -258,6 +258,13 @@ def test_kserve_carries_the_tasks_kubernetes_parameters():
     assert svc["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "iris-mlflow-dh"}
 
 
+def test_a_sklearn_file_keeps_its_name_under_mnt_models():
+    for path, uri in (("s3://b/dir/my-model.pkl", "/mnt/models/my-model.pkl"), ("s3://b/dir/", None)):
+        isvc = by_kind(render_kserve(specs("sklearnserve", {"path": path}), profiles=PROFILES), "InferenceService")[0]
+        env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["model"]["env"]}
+        assert env.get("MLSERVER_MODEL_URI") == uri
+
+
 def test_profiles_fill_in_under_the_tasks_own_fields_and_scale_with_processors():
     objects = render_kserve(specs("huggingfaceserve", {"resources": {"gpu": "2"}}), profiles=PROFILES)
     pred = by_kind(objects, "InferenceService")[0]["spec"]["predictor"]
@@ -297,6 +304,8 @@ def test_kubeai_model_is_camel_case_as_kubeai_reads_it():
     assert (spec["targetRequests"], spec["scaleDownDelaySeconds"], spec["minReplicas"], spec["maxReplicas"]) == (
         32, 60, 1, 4)
     assert spec["resourceProfile"] == "nvidia-gpu-l4:1"
+    assert "image" not in spec  # the function's empty image
+    assert render_kubeai(specs("kubeai-text", {"image": "vllm/vllm-openai:v0.9"}))["spec"]["image"] == "vllm/vllm-openai:v0.9"
     assert spec["env"] == {"VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_ENABLE_HF_TRANSFER": "0"}
     assert spec["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
     assert spec["files"] == [{"path": "/config/chat.jinja", "content": "{{ messages }}"}]

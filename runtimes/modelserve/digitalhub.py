@@ -74,8 +74,8 @@ KINDS: Dict[str, Kind] = {
 }
 ENGINE_RUNTIME = {Engine.VLLM: "vllm", Engine.FASTER_WHISPER: "whisper", Engine.INFINITY: "infinity",
                   Engine.OLLAMA: "ollama"}
-# fields digitalhub keeps for its own bookkeeping or for images we replace (task, function, image,
-# enable_telemetry, service_name, ...) are in Kind.fields but not in Spec: read, never used
+# fields digitalhub keeps for its own bookkeeping or for images we replace (task, function, enable_telemetry,
+# service_name, ...) are in Kind.fields but not in Spec: read, never used
 POD_FIELDS = ("volumes", "resources", "node_selector", "affinity", "tolerations", "runtime_class",
               "priority_class", "service_type")
 HTTP_PORT, GRPC_PORT = 8080, 8081
@@ -142,6 +142,7 @@ class Spec(_M):
     """The merged spec (function + task + run), every kind's fields; Kind.fields says which a kind has."""
 
     model_name: Optional[str] = None
+    image: Optional[str] = None  # KubeAI: the engine's image, as written; elsewhere our image serves
     path: Optional[str] = None
     url: Optional[str] = None
     # Kubernetes (task)
@@ -590,6 +591,10 @@ def render_kserve(s: Specs, *, profiles: Optional[Dict[str, Dict[str, Any]]] = N
     env += [{"name": e.name, "value": e.value} for e in sp.envs]
     if s.model_name != name:  # invoke URLs name the model, not the InferenceService
         env.append({"name": "MLSERVER_MODEL_NAME", "value": s.model_name})
+    leaf = uri.rstrip("/").rsplit("/", 1)[-1]
+    if s.kind == "sklearnserve" and not uri.endswith("/") and "." in leaf:
+        # KServe's storage initializer puts a single file under /mnt/models by its own name (my-model.pkl)
+        env.append({"name": "MLSERVER_MODEL_URI", "value": f"/mnt/models/{leaf}"})
     if not env:
         model.pop("env")
     if sp.secrets:
@@ -694,6 +699,8 @@ def render_kubeai(s: Specs, *, profiles: Optional[Dict[str, Dict[str, Any]]] = N
     profile = _profile(s, profiles or {}, "kubeai")
     resource_profile = profile.get("kubeai_resource_profile") or sp.profile or "cpu"
     spec: Dict[str, Any] = {"url": url, "engine": engine.value, "features": _features(s)}
+    if sp.image:
+        spec["image"] = sp.image
     if sp.adapters:
         spec["adapters"] = [{"name": a.name, "url": a.url} for a in sp.adapters]
     if sp.args:
