@@ -3,6 +3,7 @@
     python scripts/images.py build [KEY ...] [--no-cache] [--heavy]   # every image when no KEY
     python scripts/images.py bases [--force]                          # only the stand-in base images
     python scripts/images.py report [KEY ...] [--heavy]               # benchmarks/results/images.json
+    python scripts/images.py table                                    # its table, as docs/images.md has it
 
 Tools: buildah (`bud --isolation chroot`, no daemon), podman (`--cgroup-manager=cgroupfs run --runtime runc`)
 and, for the stand-in bases, mmdebstrap; `bash scripts/dev.sh setup` installs them (setup_images).
@@ -261,8 +262,13 @@ def build_mounts(key: str, heavy: bool) -> Iterator[List[str]]:
                         continue
                     local += 1
                     inside = f"{BUILD_HOME}/.build-local/{local}"
-                    volumes.append(f"{path}:{inside}:ro")
-                    kept.append(("file://" if value.startswith("file://") else "") + inside)
+                    if value.startswith("file://"):  # a simple index links its files relatively (../../files)
+                        folder = Path(path.rstrip("/"))
+                        volumes.append(f"{folder.parent}:{inside}:ro")
+                        kept.append(f"file://{inside}/{folder.name}")
+                    else:
+                        volumes.append(f"{path}:{inside}:ro")
+                        kept.append(inside)
                 values = kept
             if values:
                 conf["global"][name] = " ".join(values)
@@ -424,7 +430,8 @@ def security_args(container: dict, image: str) -> List[str]:
 
 
 def volume_args(spec: dict, container: dict) -> List[str]:
-    """The runtime's emptyDir volumes as tmpfs mounts (writable by any uid, as an emptyDir is)."""
+    """The runtime's emptyDir volumes as tmpfs mounts owned by the container's user (podman's `U`: its tmpfs
+    `mode` is not honoured here; an emptyDir is writable by any uid)."""
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     out = []
     for mount in container.get("volumeMounts", []):
@@ -432,7 +439,7 @@ def volume_args(spec: dict, container: dict) -> List[str]:
         if "emptyDir" not in vol:
             raise ImageError(f"volume {mount['name']}: only emptyDir volumes can be run here")
         size = vol["emptyDir"].get("sizeLimit")
-        opts = "rw,mode=1777" + (f",size={size.replace('Gi', 'g').replace('Mi', 'm')}" if size else "")
+        opts = "rw,U" + (f",size={size.replace('Gi', 'g').replace('Mi', 'm')}" if size else "")
         out += ["--tmpfs", f"{mount['mountPath']}:{opts}"]
     return out
 
@@ -528,9 +535,12 @@ def served(junit: Path) -> Dict[Tuple[str, str], bool]:
 
     out = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
-        m = re.match(r"test_image_serves_the_(kserve|modelmesh)_way\[(\w+)\]", case.get("name", ""))
-        if m:
-            out[(m.group(1), m.group(2))] = not any(c.tag in ("failure", "error", "skipped") for c in case)
+        name = case.get("name", "")
+        m = re.match(r"test_image_serves_the_(kserve|modelmesh)_way\[(\w+)\]", name)
+        way, key = (m.group(1), m.group(2)) if m else ("engine", "vllm") if name.startswith(
+            "test_vllm_image_engine_env") else (None, None)
+        if way:
+            out[(way, key)] = not any(c.tag in ("failure", "error", "skipped") for c in case)
     return out
 
 
@@ -540,7 +550,6 @@ def report(wanted: List[str], heavy: bool) -> dict:
     sys.path.insert(0, str(ROOT))
     from tests.support.image_models import kserve_model  # the same models the tests serve
 
-    old = json.loads(REPORT.read_text()) if REPORT.exists() else {"images": {}}
     junit = Path(tempfile.mkdtemp(prefix="modelserve-junit-")) / "junit.xml"
     results = {}
     bases = {}
@@ -559,6 +568,8 @@ def report(wanted: List[str], heavy: bool) -> dict:
         engine = re.search(r"python3 -m venv (/opt/(?!venv)\w+)", (DOCKER / key / "Dockerfile").read_text())
         if engine:
             entry["engine_packages"] = packages(image, f"{engine.group(1)}/bin/python")
+        if key in HEAVY_KEYS:  # vLLM's CUDA wheel serves only on a GPU
+            continue
         with tempfile.TemporaryDirectory(prefix="modelserve-model-") as tmp:
             model, env = kserve_model(key, Path(tmp))
             pod = kserve_pod(key, model, env).start()
@@ -568,19 +579,53 @@ def report(wanted: List[str], heavy: bool) -> dict:
                 pod.remove()
     env = {**os.environ, **({"MODELSERVE_HEAVY_IMAGES": "1"} if heavy else {}),
            "MODELSERVE_IMAGE_KEYS": ",".join(wanted)}
-    subprocess.run([sys.executable, "-m", "pytest", "tests/server/test_images_built.py", "-q",
-                    "-p", "no:cacheprovider", f"--junitxml={junit}"], cwd=ROOT, env=env, timeout=7200)
+    subprocess.run([sys.executable, "-m", "pytest", "tests/server/test_images_built.py", "-q", "-k",
+                    "serves or engine_env", "-p", "no:cacheprovider", f"--junitxml={junit}"], cwd=ROOT, env=env,
+                   timeout=7200)
     ok = served(junit)
     for key, entry in results.items():
-        entry["served_kserve"] = ok.get(("kserve", key), False)
-        entry["served_modelmesh"] = ok.get(("modelmesh", key), False)
-    old["images"].update({k: dict(sorted(v.items())) for k, v in results.items()})
+        if key in HEAVY_KEYS:
+            entry["served_kserve"] = entry["served_modelmesh"] = None  # needs a GPU
+            entry["engine_imports"] = ok.get(("engine", key), False)
+        else:
+            entry["served_kserve"] = ok.get(("kserve", key), False)
+            entry["served_modelmesh"] = ok.get(("modelmesh", key), False)
+    old = json.loads(REPORT.read_text()) if REPORT.exists() else {"images": {}}  # another report may have run
+    for key, entry in results.items():  # a heavy build of an image the CPU tier has goes beside it
+        if heavy and old["images"].get(key, {}).get("tier") == "cpu":
+            old["images"][key]["heavy"] = dict(sorted(entry.items()))
+        else:
+            old["images"][key] = dict(sorted(entry.items()))
     old["stand_in_bases"] = {name: s.differs for name, s in STAND_INS.items()}
     if bases:
         old.setdefault("stand_in_base_build_s", {}).update(bases)
     old["machine"] = f"{os.cpu_count()} cores; buildah {tool_version('buildah')}, podman {tool_version('podman')}"
     REPORT.write_text(json.dumps(old, indent=1, sort_keys=True) + "\n")
     return old
+
+
+TABLE_START, TABLE_END = "<!-- images.json table: scripts/images.py table -->", "<!-- end of table -->"
+
+
+def table(data: dict) -> str:
+    """The docs table of a report (docs/images.md holds it between TABLE_START and TABLE_END)."""
+    def cell(v, unit=""):
+        return "" if v is None else f"{v:g}{unit}" if isinstance(v, (int, float)) and not isinstance(v, bool) else (
+            "yes" if v is True else "no" if v is False else str(v))
+
+    rows = ["| image | tier | size | build (cold) | rebuild (source change) | start to ready | KServe way | "
+            "ModelMesh way | packages |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, e in sorted(data["images"].items()):
+        pk = e.get("packages", {})
+        main = ", ".join(f"{n} {pk[n]}" for n in sorted(pk, key=str.lower) if n.lower() in TABLE_PACKAGES)
+        rows.append(f"| `{key}` | {e.get('tier', '')} | {cell(e.get('size_mb'), ' MB')} | {cell(e.get('build_s'), ' s')} "
+                    f"| {cell(e.get('rebuild_s'), ' s')} | {cell(e.get('ready_s'), ' s')} | "
+                    f"{cell(e.get('served_kserve'))} | {cell(e.get('served_modelmesh'))} | {len(pk)}: {main} |")
+    return "\n".join(rows) + "\n"
+
+
+TABLE_PACKAGES = {"mlserver", "modelserve", "torch", "transformers", "scikit-learn", "mlflow-skinny", "faster-whisper",
+                  "ctranslate2", "ollama", "vllm", "infinity-emb", "fastapi"}
 
 
 def tool_version(tool: str) -> str:
@@ -600,11 +645,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     r = sub.add_parser("report", help=f"build, time and serve, then write {REPORT.relative_to(ROOT)}")
     r.add_argument("keys", nargs="*", metavar="KEY")
     r.add_argument("--heavy", action="store_true")
+    sub.add_parser("table", help=f"print the docs table of {REPORT.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     try:
         if args.command == "bases":
             for base, secs in ensure_bases(*keys(), force=args.force).items():
                 print(f"{base}: stand-in made in {secs:.0f} s")
+        elif args.command == "table":
+            if not REPORT.exists():
+                raise ImageError(f"no {REPORT.relative_to(ROOT)} yet: `python scripts/images.py report` writes it")
+            print(table(json.loads(REPORT.read_text())), end="")
         elif args.command == "build":
             wanted = check_keys(args.keys) or [k for k in keys() if args.heavy or k not in HEAVY_KEYS]
             for key in wanted:

@@ -71,7 +71,7 @@ def test_kserve_pod_is_the_serving_runtime_container_with_the_isvc_filled_in(tmp
     isvc = images.example_isvc("vllm")["metadata"]["name"]
     assert env["MLSERVER_MODEL_NAME"] == isvc and env["EXTRA"] == "1"
     assert ["--volume", f"{tmp_path}:/mnt/models:ro"] == args[args.index("--volume"):args.index("--volume") + 2]
-    assert "--tmpfs" in args and args[args.index("--tmpfs") + 1].startswith("/dev/shm:rw,mode=1777,size=2g")
+    assert "--tmpfs" in args and args[args.index("--tmpfs") + 1].startswith("/dev/shm:rw,U,size=2g")
     assert ["--publish", "127.0.0.1::8080"] == args[args.index("--publish"):args.index("--publish") + 2]
     assert "127.0.0.1::8081" in args  # gRPC, in the pod
     assert args[args.index("--memory") + 1] == "48g"
@@ -84,19 +84,51 @@ def test_modelmesh_pod_keeps_mlserver_on_the_pods_loopback(tmp_path):
     assert f"{tmp_path}:/models:rw" in pod.args and pod.probe is None
 
 
-def test_build_mounts_leave_nothing_but_mounts(monkeypatch):
+def test_build_mounts_leave_nothing_but_mounts(monkeypatch, tmp_path):
+    (tmp_path / "pypi" / "simple").mkdir(parents=True)
     monkeypatch.setattr(images, "machine_pip_config", lambda: {
-        "cert": "/etc/ssl/certs/ca-certificates.crt", "find-links": "/nonexistent /", "index-url": "https://idx/simple"})
+        "cert": "/etc/ssl/certs/ca-certificates.crt", "find-links": "/nonexistent /", "index-url": "https://idx/simple",
+        "extra-index-url": f"file://{tmp_path}/pypi/simple"})
     with images.build_mounts("huggingface", heavy=False) as args:
         volumes = [v for flag, v in zip(args[::2], args[1::2]) if flag == "--volume"]
         home = volumes[0].split(":")[0]
         assert volumes[0] == f"{home}:/root:rw" and volumes[1].endswith(":/etc/ssl/certs/ca-certificates.crt:ro")
-        assert "/:/root/.build-local/1:ro" in volumes  # an existing local folder, mounted inside the build home
+        # existing local folders, mounted inside the build home; a simple index with its files beside it
+        assert f"{tmp_path}/pypi:/root/.build-local/1:ro" in volumes and "/:/root/.build-local/2:ro" in volumes
         conf = Path(home, ".config", "pip", "pip.conf").read_text()
-        assert "find-links = /root/.build-local/1" in conf and "index-url = https://idx/simple" in conf
+        assert "extra-index-url = file:///root/.build-local/1/simple" in conf
+        assert "find-links = /root/.build-local/2" in conf and "index-url = https://idx/simple" in conf
         assert Path(home, ".config", "uv", "uv.toml").read_text() == ('system-certs = true\n'
                                                                      'index-url = "https://idx/simple"\n')
         assert f"{home}/.build-torch.txt:/opt/modelserve/docker/huggingface/torch-cuda.txt:ro" in volumes
         assert Path(home, ".build-torch.txt").read_text() == "torch==2.13.0\n"
     with images.build_mounts("sklearn", heavy=True) as args:
         assert not any(".build-local" in a or "torch-cuda" in a for a in args)
+
+
+DOC = ROOT / "docs" / "images.md"
+
+
+def test_docs_say_what_each_stand_in_lacks():
+    text = DOC.read_text()
+    for base, spec in images.STAND_INS.items():
+        assert f"| `{base}` | {spec.differs} |" in text, base
+
+
+def test_docs_table_is_the_reports():
+    if not images.REPORT.exists():
+        pytest.skip("no benchmarks/results/images.json yet")
+    import json
+
+    text = DOC.read_text()
+    table = text[text.index(images.TABLE_START) + len(images.TABLE_START):text.index(images.TABLE_END)].strip()
+    assert table == images.table(json.loads(images.REPORT.read_text())).strip(), (
+        "docs/images.md's table is not images.json's: paste `python scripts/images.py table` between its markers")
+
+
+def test_table_renders_every_image_of_a_report():
+    data = {"images": {"sklearn": {"tier": "cpu", "size_mb": 695.0, "build_s": 45.2, "rebuild_s": 30.0,
+                                   "ready_s": 6.1, "served_kserve": True, "served_modelmesh": False,
+                                   "packages": {"mlserver": "1.7.1", "six": "1"}}}}
+    assert images.table(data).splitlines()[2] == (
+        "| `sklearn` | cpu | 695 MB | 45.2 s | 30 s | 6.1 s | yes | no | 2: mlserver 1.7.1 |")
