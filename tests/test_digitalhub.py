@@ -214,6 +214,21 @@ def test_the_command_line_refuses_in_one_line_without_a_traceback(tmp_path):
         assert fragment in lines[0]
 
 
+def test_without_pyyaml_json_specs_still_render(monkeypatch, tmp_path):
+    import builtins
+
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "yaml" else real(name, *a, **k))
+    s = specs("sklearnserve")
+    out = json.loads(digitalhub.dump_all(render_kserve(s, profiles=PROFILES)))
+    assert out["kind"] == "List" and [o["kind"] for o in out["items"]] == ["InferenceService", "Service"]
+    bad = tmp_path / "f.yaml"
+    bad.write_text("kind: sklearnserve\n")
+    with pytest.raises(SpecError, match="PyYAML, which reads YAML, is not installed"):
+        digitalhub.load_document(bad)
+
+
 # -- KServe ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["Serverless", "RawDeployment"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -305,7 +320,8 @@ def test_kubeai_model_is_camel_case_as_kubeai_reads_it():
         32, 60, 1, 4)
     assert spec["resourceProfile"] == "nvidia-gpu-l4:1"
     assert "image" not in spec  # the function's empty image
-    assert render_kubeai(specs("kubeai-text", {"image": "vllm/vllm-openai:v0.9"}))["spec"]["image"] == "vllm/vllm-openai:v0.9"
+    image = render_kubeai(specs("kubeai-text", {"image": "vllm/vllm-openai:v0.9"}))["spec"]["image"]
+    assert image == "vllm/vllm-openai:v0.9"
     assert spec["env"] == {"VLLM_LOGGING_LEVEL": "WARNING", "HF_HUB_ENABLE_HF_TRANSFER": "0"}
     assert spec["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
     assert spec["files"] == [{"path": "/config/chat.jinja", "content": "{{ messages }}"}]
@@ -417,7 +433,8 @@ def test_the_examples_are_what_their_specs_render_and_valid():
     kinds = set()
     for folder in example_dirs():
         for name, text in rerender(folder).items():
-            assert (folder / name).read_text() == text, f"{folder.name}/{name} is stale: python -m tests.test_digitalhub rewrites it"
+            stale = f"{folder.name}/{name} is stale: python -m tests.test_digitalhub rewrites it"
+            assert (folder / name).read_text() == text, stale
             for obj in yaml.safe_load_all(text):
                 if obj.get("kind") in (None,):
                     continue

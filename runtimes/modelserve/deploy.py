@@ -6,8 +6,9 @@
         [--processors PROFILE:COUNT] [-o FILE]
 
 prints a KServe ``InferenceService`` for the model (and, when ``scaling.load_balancing`` is set, the
-``InferencePool`` and ``HTTPRoute`` that put llm-d's endpoint picker in front of it: :func:`epp_config`). KubeAI models pick their image by ``engine`` (one
-ServingRuntime per engine), their ``url`` becomes the ``storageUri`` and ``processors`` the GPU limits.
+``InferencePool`` and ``HTTPRoute`` that put llm-d's endpoint picker in front of it: :func:`epp_config`).
+KubeAI models pick their image by ``engine`` (one ServingRuntime per engine), their ``url`` becomes the
+``storageUri`` and ``processors`` the GPU limits.
 Import-light on purpose: no runtime, MLServer or numpy import, and PyYAML only when present (without it
 the output is JSON, which is YAML too).
 

@@ -29,7 +29,8 @@ SHIMS: Dict[str, Dict[str, str]] = {
         "__main__.py": "from modelserve.hfserver import main\n\nraise SystemExit(main())\n"},
     "mlserver_sklearn": {
         "__init__.py": '"""mlserver_sklearn\'s class name, served by modelserve (DHCore\'s sklearnserve settings)."""\n'
-                       "from modelserve.sklearn import SKLearnRuntime as SKLearnModel\n\n__all__ = [\"SKLearnModel\"]\n"},
+                       "from modelserve.sklearn import SKLearnRuntime as SKLearnModel\n\n"
+                       "__all__ = [\"SKLearnModel\"]\n"},
     "mlserver_mlflow": {
         "__init__.py": '"""mlserver_mlflow\'s class name, served by modelserve (DHCore\'s mlflowserve settings)."""\n'
                        "from modelserve.mlflow import MLflowRuntime\n\n__all__ = [\"MLflowRuntime\"]\n"},

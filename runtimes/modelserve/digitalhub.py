@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import deploy, hfserver
 from .deploy import RenderError
-from .kubeai import LoadBalancingStrategy, Scaling
+from .kubeai import Scaling
 from .options import Backend, Dtype, Engine, Feature, Task, _CaseInsensitiveEnum
 
 KUBEAI_IMPL = deploy.KUBEAI
@@ -191,11 +190,16 @@ def load_document(path: Path) -> Dict[str, Any]:
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        import yaml
-
-        doc = yaml.safe_load(text)
-    except Exception as exc:  # YAML's errors carry a position; keep the first line
-        raise SpecError(f"{path} is not JSON or YAML: {str(exc).splitlines()[0]}") from None
+        doc = json.loads(text)
+    except ValueError as exc:
+        try:
+            import yaml
+        except ImportError:  # PyYAML is not a dependency of every image
+            raise SpecError(f"{path} is not JSON ({exc}), and PyYAML, which reads YAML, is not installed") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:  # YAML's errors carry a position; keep the first line
+            raise SpecError(f"{path} is not JSON or YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(doc, dict):
         raise SpecError(f"{path} does not hold a mapping (a digitalhub entity or its spec)")
     return doc
@@ -742,8 +746,13 @@ def render_kubeai(s: Specs, *, profiles: Optional[Dict[str, Dict[str, Any]]] = N
 
 # -- the command ----------------------------------------------------------------------------------------------
 def dump_all(objects: List[Dict[str, Any]]) -> str:
-    """YAML documents; multi-line strings (a file's content, the picker's config) as literal blocks."""
-    import yaml
+    """YAML documents; multi-line strings (a file's content, the picker's config) as literal blocks. Without
+    PyYAML: one JSON `List` (kubectl reads it)."""
+    try:
+        import yaml
+    except ImportError:
+        return json.dumps(objects[0] if len(objects) == 1 else {"apiVersion": "v1", "kind": "List",
+                                                                 "items": objects}, indent=2) + "\n"
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -794,7 +803,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"wrote {folder / 'model-settings.json'}", file=sys.stderr)
             if args.command == "settings":
                 return 0
-            mlserver = shutil.which("mlserver") or str(Path(sys.executable).with_name("mlserver"))
+            mlserver = hfserver.mlserver_command()
             env = {**os.environ, **{e.name: e.value for e in s.spec.envs}}
             sys.stdout.flush()
             os.execve(mlserver, [mlserver, "start", str(args.models_dir), *rest], env)

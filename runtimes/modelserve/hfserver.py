@@ -124,6 +124,12 @@ def model_settings(flags: Dict[str, Any], environ=os.environ) -> Tuple[Dict[str,
     return settings, notes
 
 
+def mlserver_command() -> str:
+    """The `mlserver` of this interpreter's environment, else the one on PATH."""
+    own = Path(sys.executable).with_name("mlserver")
+    return str(own) if os.access(own, os.X_OK) else (shutil.which("mlserver") or "mlserver")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -139,12 +145,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     folder = root / settings["name"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model-settings.json").write_text(json.dumps(settings, indent=2))
-    server = {"http_port": http_port, "grpc_port": grpc_port}
-    if not (root / "settings.json").exists():
-        (root / "settings.json").write_text(json.dumps(server))
+    (root / "settings.json").write_text(json.dumps({"http_port": http_port, "grpc_port": grpc_port}))
     env = {**os.environ, "MLSERVER_HTTP_PORT": str(http_port), "MLSERVER_GRPC_PORT": str(grpc_port),
            "MLSERVER_LOAD_MODELS_AT_STARTUP": "true"}
-    mlserver = shutil.which("mlserver") or str(Path(sys.executable).with_name("mlserver"))
+    mlserver = mlserver_command()
     sys.stderr.flush()
     os.execve(mlserver, [mlserver, "start", str(root)], env)
     return 0  # not reached

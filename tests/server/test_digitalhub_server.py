@@ -24,13 +24,15 @@ from ..support.runtimes import text_body
 
 SPECS = Path(__file__).resolve().parents[1] / "digitalhub"
 CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
-IRIS = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}]}
+IRIS = {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                     "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}]}
 
 
 def spec_files(kind: str, workdir: Path, override: dict) -> list:
     """The kind's function, task and run, plus a bare spec pointing at the local model (run spec overrides)."""
     (workdir / f"{kind}-local.json").write_text(json.dumps(override))
-    return [str(SPECS / kind / f"{p}.json") for p in ("function", "task", "run")] + [str(workdir / f"{kind}-local.json")]
+    entities = [str(SPECS / kind / f"{p}.json") for p in ("function", "task", "run")]
+    return entities + [str(workdir / f"{kind}-local.json")]
 
 
 def digitalhub(*argv, cwd: Path) -> subprocess.CompletedProcess:
@@ -84,7 +86,8 @@ def served(tmp_path_factory):
 
 
 def test_every_kind_is_written_with_its_runtime(served):
-    settings = {p.parent.name: json.loads(p.read_text()) for p in (served.root / "models").glob("*/model-settings.json")}
+    settings = {p.parent.name: json.loads(p.read_text())
+                for p in (served.root / "models").glob("*/model-settings.json")}
     assert set(settings) == {"iris-dh", "iris-mlflow-dh", "minilm-dh", "whisper-dh", "speech-dh"}
     assert settings["iris-dh"]["implementation"] == "modelserve.sklearn.SKLearnRuntime"
     assert settings["iris-dh"]["parameters"]["uri"] == str(served.root / "model.joblib")  # resolved, cwd-relative
@@ -289,5 +292,6 @@ def test_shims_never_shadow_a_real_package(tmp_path):
             str(tmp_path / "site2")]
     mine = subprocess.run(argv, capture_output=True, text=True)
     assert mine.returncode == 0, mine.stderr
-    again = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tmp_path / "site2")})
+    again = subprocess.run(argv, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(tmp_path / "site2")})
     assert again.returncode == 0, again.stderr  # our own shims may be rewritten
