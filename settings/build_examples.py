@@ -126,6 +126,23 @@ def build_tiny_llama(force: bool) -> None:
     print(f"built {folder.relative_to(HERE.parent)}/model and adapter")
 
 
+def build_tiny_rerank(force: bool) -> None:
+    """settings/tiny-rerank/model: the tests' tiny random cross-encoder (tests/support/hf_models.py: a 2-layer
+    BertForSequenceClassification with one logit, saved by sentence-transformers' CrossEncoder), for task
+    text_reranking; its scores show the API, not relevance."""
+    folder = HERE / "tiny-rerank"
+    if (folder / "model" / "config.json").exists() and not force:
+        return
+    sys.path.insert(0, str(HERE.parent))
+    from tests.support.hf_models import build_cross_encoder
+
+    for name in ("model", "model.tmp", "model.build"):
+        shutil.rmtree(folder / name, ignore_errors=True)
+    build_cross_encoder(folder / "model.build")
+    (folder / "model.build").rename(folder / "model")
+    print(f"built {folder.relative_to(HERE.parent)}/model")
+
+
 def build_tiny_whisper(force: bool) -> None:
     """settings/tiny-whisper/model: the tests' tiny random multilingual Whisper (tests/support/whisper_models.py),
     converted by CTranslate2's own converter, as faster-whisper loads real ones."""
@@ -152,3 +169,4 @@ if __name__ == "__main__":
     build_tiny_generation(force)
     build_tiny_llama(force)
     build_tiny_whisper(force)
+    build_tiny_rerank(force)

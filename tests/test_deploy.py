@@ -675,3 +675,18 @@ def test_render_without_pyyaml_prints_json(monkeypatch):
     monkeypatch.setitem(sys.modules, "yaml", None)
     text = deploy.dump(render(SETTINGS, storage_uri="s3://m/iris"))
     assert json.loads(text)["kind"] == "InferenceService"
+
+
+def test_the_reranking_example_is_what_render_writes(tmp_path):
+    """servingruntimes/examples/infinity-rerank-serverless-hf.yaml re-rendered from the settings its header names:
+    the KubeAI feature Reranking reaches the runtime's options."""
+    settings = tmp_path / "model-settings.json"
+    settings.write_text(json.dumps({"name": "bge-reranker", "implementation": "modelserve.kubeai.KubeAIRuntime",
+                                    "parameters": {"extra": {"engine": "Infinity", "features": ["Reranking"]}}}))
+    proc = subprocess.run([sys.executable, "-m", "modelserve.deploy", "render", str(settings), "--storage-uri",
+                           "hf://BAAI/bge-reranker-base"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    example = MANIFESTS / "examples" / "infinity-rerank-serverless-hf.yaml"
+    assert yaml.safe_load(proc.stdout) == yaml.safe_load(example.read_text())
+    env = {e["name"]: e["value"] for e in yaml.safe_load(proc.stdout)["spec"]["predictor"]["model"]["env"]}
+    assert json.loads(env["MLSERVER_MODEL_EXTRA"])["features"] == ["Reranking"]

@@ -173,7 +173,7 @@ def test_requested_outputs_pick_among_label_score_probabilities(hf):
 def test_backend_huggingface_is_transformers_and_vllm_serves_generation_and_embeddings_only(hf):
     assert infer_texts(loaded(HF, hf["classifier"], backend="huggingface"), ["x"])["label"].shape == (1,)
     msg = load_error(HF, hf["classifier"], backend="VLLM")
-    assert "backend VLLM serves tasks text_generation and text_embedding; task sequence_classification" in msg
+    assert "backend VLLM serves tasks text_generation, text_embedding and text_reranking; task sequence_classification" in msg
 
 
 def test_options_without_a_vllm_equivalent_are_refused_with_backend_vllm(hf):

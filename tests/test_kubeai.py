@@ -50,7 +50,7 @@ def test_a_feature_the_engine_lacks_is_refused(tmp_path):
     msg = load_error(kubeai, tmp_path, engine="VLLM", features=["SpeechToText"], url="x")
     assert "engine VLLM does not support feature SpeechToText" in msg
     msg = load_error(kubeai, tmp_path, engine="Infinity", features=["SpeechToText"], url="x")
-    assert "engine Infinity does not support feature SpeechToText (it supports: TextEmbedding)" in msg
+    assert "engine Infinity does not support feature SpeechToText (it supports: Reranking, TextEmbedding)" in msg
 
 
 def test_ollama_load_refusals_name_the_problem(tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_ollama_load_refusals_name_the_problem(tmp_path, monkeypatch):
 
 def test_generation_and_embeddings_from_one_vllm_engine_are_refused(tmp_path):
     msg = load_error(kubeai, tmp_path, engine="VLLM", features=["TextGeneration", "TextEmbedding"], url="x")
-    assert "not both" in msg
+    assert "list one of TextGeneration, TextEmbedding, Reranking" in msg
 
 
 @pytest.mark.parametrize("url,expected", [

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from . import storage
 from .backends import Backend
-from .backends.engine import EngineBackend
+from .backends.engine import GENERATION_KINDS, TOKENIZE_KINDS, EngineBackend
 from .engines import vllm
 from .engines.transformers import config_labels, infer_task, is_cross_encoder
 from .engines.workdir import workdir
@@ -142,10 +142,10 @@ class HuggingFaceRuntime(Runtime):
     async def _vllm(self, path: Path, tokenizer_path: Path, task: Optional[Task]) -> Backend:
         """The shared engine backend over vLLM (engines/vllm.py), with this runtime's options as vLLM arguments."""
         opts: HuggingFaceOptions = self.options
-        if task not in (Task.TEXT_GENERATION, Task.TEXT_EMBEDDING):
+        if task not in (Task.TEXT_GENERATION, Task.TEXT_EMBEDDING, Task.TEXT_RERANKING):
             shown = task.value if task else "unknown (set option 'task')"
-            raise ModelLoadError(self.name, f"backend VLLM serves tasks text_generation and text_embedding; task "
-                                            f"{shown} runs on backend HUGGINGFACE")
+            raise ModelLoadError(self.name, f"backend VLLM serves tasks text_generation, text_embedding and "
+                                            f"text_reranking; task {shown} runs on backend HUGGINGFACE")
         unused = [k for k in NOT_FOR_VLLM if k in opts.model_fields_set]
         if unused:
             raise ModelLoadError(self.name, f"option '{unused[0]}' does not apply to backend VLLM")
@@ -160,11 +160,13 @@ class HuggingFaceRuntime(Runtime):
             args += ["--enable-log-requests"]
             if opts.max_log_len is not None:
                 args += ["--max-log-len", str(opts.max_log_len)]
-        embedding = task == Task.TEXT_EMBEDDING
+        embedding, reranking = task == Task.TEXT_EMBEDDING, task == Task.TEXT_RERANKING
         engine = vllm.VLLMEngine(
             self.name, path, adapters={}, args=[*args, *opts.engine_args], env={},
-            cwd=workdir(self.name, opts.cache_dir), pooling=embedding, engine_command=opts.engine_command,
-            start_timeout=opts.start_timeout, on_failed=self._backend_failed)
+            cwd=workdir(self.name, opts.cache_dir), pooling=embedding or reranking,
+            engine_command=opts.engine_command, start_timeout=opts.start_timeout, on_failed=self._backend_failed)
         await engine.start()
         return EngineBackend(self.name, self.version, engine, embedding=embedding,
-                             max_tokens=opts.max_new_tokens, max_tokens_limit=opts.max_new_tokens_limit)
+                             max_tokens=opts.max_new_tokens, max_tokens_limit=opts.max_new_tokens_limit,
+                             reranking="vllm" if reranking else None,
+                             openai_kinds=GENERATION_KINDS | TOKENIZE_KINDS if task == Task.TEXT_GENERATION else None)

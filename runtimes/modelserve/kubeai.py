@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import storage
 from .backends import Backend
-from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, EngineBackend
+from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, TOKENIZE_KINDS, EngineBackend
 from .engines.workdir import workdir, write_files
 from .errors import ModelLoadError
 from .options import Engine, Feature, RuntimeOptions, _CaseInsensitiveEnum
@@ -22,10 +22,10 @@ from .runtime import Runtime
 logger = logging.getLogger("mlserver.modelserve.kubeai")
 
 ENGINE_FEATURES = {
-    Engine.VLLM: {Feature.TEXT_GENERATION, Feature.TEXT_EMBEDDING},
+    Engine.VLLM: {Feature.TEXT_GENERATION, Feature.TEXT_EMBEDDING, Feature.RERANKING},
     Engine.OLLAMA: {Feature.TEXT_GENERATION, Feature.TEXT_EMBEDDING},
     Engine.FASTER_WHISPER: {Feature.SPEECH_TO_TEXT},
-    Engine.INFINITY: {Feature.TEXT_EMBEDDING},
+    Engine.INFINITY: {Feature.TEXT_EMBEDDING, Feature.RERANKING},
 }
 DEFAULT_FEATURE = {
     Engine.VLLM: Feature.TEXT_GENERATION,
@@ -207,24 +207,30 @@ class KubeAIRuntime(Runtime):
                     engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
                     on_failed=self._backend_failed)
 
-    def _engine_backend(self, engine, embedding: bool, adapters=(), openai_kinds=None) -> EngineBackend:
+    def _engine_backend(self, engine, embedding: bool, adapters=(), openai_kinds=None,
+                        reranking: Optional[str] = None) -> EngineBackend:
         opts: KubeAIOptions = self.options
         return EngineBackend(self.name, self.version, engine, embedding=embedding, adapters=adapters,
                              max_tokens=opts.max_tokens, max_tokens_limit=opts.max_tokens_limit,
-                             openai_kinds=openai_kinds)
+                             openai_kinds=openai_kinds, reranking=reranking)
 
     async def _vllm(self, folder: Path) -> Backend:
         from .engines.vllm import VLLMEngine
 
         if len(self.features) > 1:
-            raise ModelLoadError(self.name, "vLLM runs one model either for generation or for embeddings: list "
-                                            "TextGeneration or TextEmbedding, not both (serve the model twice for both)")
+            raise ModelLoadError(self.name, "vLLM runs one model for generation, embeddings or reranking: list one "
+                                            "of TextGeneration, TextEmbedding, Reranking (serve the model twice for "
+                                            "two)")
         model_path, adapters = await self._model_and_adapters()
-        embedding = Feature.TEXT_EMBEDDING in self.features
-        engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding,
+        embedding, reranking = Feature.TEXT_EMBEDDING in self.features, Feature.RERANKING in self.features
+        if reranking and adapters:
+            raise ModelLoadError(self.name, "feature Reranking takes no adapters (LoRA adapters are for generation)")
+        engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding or reranking,
                             **self._engine_options(folder))
         await engine.start()
-        return self._engine_backend(engine, embedding, list(adapters))
+        kinds = GENERATION_KINDS | TOKENIZE_KINDS if not (embedding or reranking) else None
+        return self._engine_backend(engine, embedding, list(adapters), openai_kinds=kinds,
+                                    reranking="vllm" if reranking else None)
 
     async def _infinity(self, folder: Path) -> Backend:
         from .engines.infinity import InfinityEngine
@@ -233,9 +239,13 @@ class KubeAIRuntime(Runtime):
         if adapters:
             raise ModelLoadError(self.name, "engine Infinity does not take adapters (LoRA adapters are for "
                                             "VLLM and OLlama)")
+        if len(self.features) > 1:
+            raise ModelLoadError(self.name, "Infinity serves one model for embeddings or reranking: list TextEmbedding "
+                                            "or Reranking, not both (a cross-encoder does not embed)")
         engine = InfinityEngine(self.name, model_path, **self._engine_options(folder))
         await engine.start()
-        return self._engine_backend(engine, True)
+        reranking = Feature.RERANKING in self.features
+        return self._engine_backend(engine, not reranking, reranking="infinity" if reranking else None)
 
     async def _ollama(self, folder: Path) -> Backend:
         """The model is an Ollama name (ollama://name[:tag]) that Ollama pulls itself. V2 serves the first

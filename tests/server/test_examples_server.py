@@ -42,7 +42,7 @@ def examples(tmp_path_factory):
 
 def test_every_example_is_ready(examples):
     assert {"iris-sklearn", "iris-mlflow", "minilm-embedding", "tiny-generation", "tiny-llama", "tiny-whisper",
-            "minilm-infinity"} <= set(examples.names)
+            "minilm-infinity", "tiny-rerank"} <= set(examples.names)
     for name in examples.names:
         assert requests.get(f"{examples.url}/v2/models/{name}/ready", timeout=10).status_code == 200, name
 
@@ -70,6 +70,20 @@ def test_text_examples_answer(examples):
     assert gen.status_code == 200, gen.text
 
 
+def test_rerank_example_ranks_documents(examples):
+    docs = ["It answers inference requests.", "Bananas are yellow.", "A server of models."]
+    r = requests.post(f"{examples.url}/v1/rerank", json={"model": "tiny-rerank", "query": "what does a model server do",
+                                                          "documents": docs, "top_n": 2}, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 2 and results[0]["relevance_score"] >= results[1]["relevance_score"], results
+    v2 = examples.infer("tiny-rerank", {"inputs": [
+        {"name": "query", "datatype": "BYTES", "shape": [1], "data": ["what does a model server do"]},
+        {"name": "documents", "datatype": "BYTES", "shape": [3], "data": docs}]})
+    scores = v2.json()["outputs"][0]["data"]
+    assert [x["index"] for x in results] == sorted(range(3), key=lambda i: -scores[i])[:2], (scores, results)
+
+
 def test_speech_example_transcribes_an_uploaded_file(examples):
     res = requests.post(f"{examples.url}/v2/models/tiny-whisper/infer", data=encode_audio(speech_like(1.0), "flac"),
                         headers={"Content-Type": "audio/flac"}, params={"temperature": 0, "beam_size": 1},
@@ -85,8 +99,12 @@ def _triton_inputs(examples, name):
     meta = requests.get(f"{examples.url}/v2/models/{name}", timeout=10).json()
     inputs = []
     specs = meta["inputs"][:1] if meta["inputs"][0]["datatype"] == "BYTES" else meta["inputs"]  # text: one tensor
+    if name == "tiny-rerank":  # a query and its documents
+        specs = meta["inputs"]
     for n, spec in enumerate(specs):
-        if spec["datatype"] == "BYTES":
+        if spec["name"] == "documents":
+            arr = np.array([b"a town by the sea", b"a quiet harbour"], dtype=object)
+        elif spec["datatype"] == "BYTES":
             value = encode_audio(speech_like(1.0), "flac") if name == "tiny-whisper" else b"a quiet town by the sea"
             arr = np.array([value], dtype=object)
         elif len(specs) > 1:  # one column per feature

@@ -348,3 +348,31 @@ def test_a_model_that_cannot_start_its_engine_fails_alone(tmp_path, llama):
         assert [p for p in pids_mentioning("--served-model-name broken ") if p in descendants(srv.proc.pid)] == []
     finally:
         srv.stop()
+
+
+def test_tokenize_and_detokenize_agree_on_vllm_and_transformers(llm_server):
+    """vLLM's /tokenize and /detokenize shape, on vLLM itself (passed through), HuggingFaceRuntime on vLLM and on
+    transformers (answered from the tokenizer): the same ids and text for a prompt and for a chat."""
+    chat = [{"role": "user", "content": "Hi there"}]
+    got = {}
+    for model in ("llm", "hf-vllm", "hf-llama"):
+        for path in ("/v1/tokenize", "/tokenize"):
+            r = requests.post(llm_server.url + path, json={"model": model, "prompt": PROMPT}, timeout=60)
+            assert r.status_code == 200, (model, path, r.text)
+        body = r.json()
+        limit = 2048 if model == "hf-llama" else 512  # transformers: the model's own; vLLM: --max-model-len
+        assert body["count"] == len(body["tokens"]) and body["max_model_len"] == limit, body
+        c = requests.post(llm_server.url + "/v1/tokenize", json={"model": model, "messages": chat}, timeout=60).json()
+        d = requests.post(llm_server.url + "/v1/detokenize", json={"model": model, "tokens": body["tokens"]},
+                          timeout=60).json()
+        got[model] = (body["tokens"], c["tokens"], d["prompt"])
+    assert got["llm"] == got["hf-vllm"] == got["hf-llama"], got
+    assert PROMPT in got["llm"][2]
+    for model in ("llm", "hf-llama"):
+        r = requests.post(llm_server.url + "/v1/tokenize", json={"model": model, "prompt": PROMPT, "messages": chat},
+                          timeout=30)
+        assert r.status_code == 400 and "one of 'prompt'" in r.json()["error"]["message"], r.text
+        r = requests.post(llm_server.url + "/v1/detokenize", json={"model": model, "tokens": ["a"]}, timeout=30)
+        assert r.status_code == 400 and "'tokens' must be a list" in r.json()["error"]["message"], r.text
+    r = requests.post(llm_server.url + "/v1/tokenize", json={"model": "minilm", "prompt": "x"}, timeout=30)
+    assert r.status_code == 400 and "does not serve /v1/tokenize" in r.json()["error"]["message"], r.text

@@ -120,6 +120,24 @@ def test_openai_transcriptions_in_every_response_format(server, direct, clips):
     assert vtt.startswith("WEBVTT\n\n00:00:") and "." in vtt.splitlines()[2]
 
 
+def test_openai_translations_are_whispers_translate_task(server, direct, clips):
+    """/v1/audio/translations with the official client: Whisper's translate task (into English), OpenAI's formats."""
+    want = direct(clips["wav"], task="translate", temperature=0.0)
+    res = server.client.audio.translations.create(model="whisper", file=("a.wav", clips["wav"]), temperature=0.0)
+    assert res.text == want["text"]
+    verbose = server.client.audio.translations.create(model="whisper", file=("a.wav", clips["wav"]),
+                                                      temperature=0.0, response_format="verbose_json")
+    assert [(s.start, s.end, s.text) for s in verbose.segments] == want["segments"]
+    assert verbose.model_extra["task"] == "translate"
+    srt = server.client.audio.translations.create(model="whisper", file=("a.wav", clips["wav"]), temperature=0.0,
+                                                  response_format="srt")
+    assert srt.startswith("1\n00:00:")
+    # a translation has no source language to give: refused by name, as OpenAI's API has no such field
+    r = requests.post(f"{server.url}/v1/audio/translations", files={"file": ("a.wav", clips["wav"])},
+                      data={"model": "whisper", "language": "de"}, timeout=60)
+    assert r.status_code == 400 and "field 'language' is not supported" in r.json()["error"]["message"], r.text
+
+
 def test_metadata_names_the_speech_tensors(server):
     meta = requests.get(f"{server.url}/v2/models/whisper", timeout=10).json()
     assert [i["name"] for i in meta["inputs"]] == ["audio"]

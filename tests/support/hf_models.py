@@ -23,8 +23,8 @@ def minilm_dir() -> Path:
 def _tiny_config(**kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=37, max_position_embeddings=512, **kw)
+    return BertConfig(**{"vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "intermediate_size": 37, "max_position_embeddings": 512, **kw})
 
 
 def _save_tokenizer(out: Path, token_types: bool = True) -> None:
@@ -55,13 +55,15 @@ def build_classifier(out: Path) -> Path:
 def build_cross_encoder(out: Path, num_labels: int = 1, seed: int = 5) -> Path:
     """A tiny cross-encoder (BertForSequenceClassification over (query, document) pairs, one logit or two labels),
     random but seeded (weights of a wider spread than BERT's default, so that pairs' scores differ by ~0.05 rather
-    than 1e-4), saved by sentence-transformers' CrossEncoder itself (so its config says CrossEncoder)."""
+    than 1e-4; head_dim 32, as vLLM's CPU attention kernel rejects 16), saved by sentence-transformers'
+    CrossEncoder itself (so its config says CrossEncoder)."""
     from sentence_transformers import CrossEncoder
 
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(out.name + ".tmp")
-    _tiny_bert(tmp, "BertForSequenceClassification", seed, num_labels=num_labels, initializer_range=0.2)
+    _tiny_bert(tmp, "BertForSequenceClassification", seed, num_labels=num_labels, initializer_range=0.2,
+               hidden_size=64, intermediate_size=64)
     CrossEncoder(str(tmp), device="cpu").save(str(out))
     shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -21,12 +21,15 @@ from ..codecs.params import sampling_body
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
 from ..engines.openai_http import sse_events
 from ..errors import BadRequest, InternalError
-from ..openai.protocol import check_openai_body
-from . import Backend
+from ..openai.protocol import check_openai_body, parse_detokenize, parse_tokenize
+from . import Backend, rerank
 
 GENERATION_KINDS = frozenset({"completions", "chat"})
 EMBEDDING_KINDS = frozenset({"embeddings"})
-PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings"}
+TOKENIZE_KINDS = frozenset({"tokenize", "detokenize"})
+"""vLLM's own /tokenize and /detokenize: on its generation models (Ollama's adapter has none)."""
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions", "embeddings": "/v1/embeddings",
+         "tokenize": "/tokenize", "detokenize": "/detokenize"}
 
 
 class EngineBackend(Backend):
@@ -35,12 +38,16 @@ class EngineBackend(Backend):
 
     def __init__(self, name: str, version: Optional[str], engine: Any, *, embedding: bool,
                  adapters: Sequence[str] = (), max_tokens: int = 256, max_tokens_limit: int = 4096,
-                 openai_kinds: Optional[FrozenSet[str]] = None):
+                 openai_kinds: Optional[FrozenSet[str]] = None, reranking: Optional[str] = None):
         super().__init__(name, version)
         self.engine, self.embedding, self.adapters = engine, embedding, list(adapters)
         self.max_tokens, self.max_tokens_limit = min(max_tokens, max_tokens_limit), max_tokens_limit
-        self.openai_kinds = openai_kinds or (EMBEDDING_KINDS if embedding else GENERATION_KINDS)
-        if embedding:
+        self.reranking = reranking  # "vllm" (its /v1/score) or "infinity" (its /rerank): a cross-encoder
+        self.openai_kinds = openai_kinds or (rerank.RERANK_KINDS if reranking else EMBEDDING_KINDS if embedding
+                                             else GENERATION_KINDS)
+        if reranking:
+            self.inputs, self.outputs = list(rerank.INPUTS), list(rerank.OUTPUTS)
+        elif embedding:
             self.inputs = [MetadataTensor(name="text", datatype="BYTES", shape=[-1])]
             self.outputs = [MetadataTensor(name="embedding", datatype="FP32", shape=[-1, -1])]
         else:
@@ -77,7 +84,32 @@ class EngineBackend(Backend):
     def _sampling(self, params: Dict[str, Any]) -> dict:
         return sampling_body(params, self.max_tokens, self.max_tokens_limit)
 
+    async def score_pairs(self, firsts: List[str], seconds: List[str]):
+        """Relevance of each (firsts[i], seconds[i]) from the engine: vLLM's /score takes the pairs as they
+        are; Infinity's /rerank one query at a time (its documents in one call, which it batches)."""
+        if self.reranking == "vllm":
+            result = await self.engine.upstream.post("/score", {"model": self.name, "text_1": firsts,
+                                                                   "text_2": seconds})
+            data = sorted(result["data"], key=lambda d: d["index"])
+            usage = result.get("usage") or {}
+            return np.array([d["score"] for d in data], dtype=np.float32), int(usage.get("prompt_tokens") or 0)
+        scores = np.zeros(len(firsts), dtype=np.float32)
+        groups: Dict[str, List[int]] = {}
+        for i, query in enumerate(firsts):
+            groups.setdefault(query, []).append(i)
+        results = await asyncio.gather(*[self.engine.upstream.post("/v1/rerank", {
+            "model": self.name, "query": query, "documents": [seconds[i] for i in where], "return_documents": False})
+            for query, where in groups.items()])
+        tokens = 0
+        for (query, where), result in zip(groups.items(), results):
+            for item in result.get("results") or result.get("data") or []:
+                scores[where[int(item["index"])]] = item["relevance_score"]
+            tokens += int((result.get("usage") or {}).get("total_tokens") or 0)
+        return scores, tokens
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        if self.reranking:
+            return self.response(payload, await rerank.predict(self, payload), rerank.wanted(payload))
         kind, rows = self._rows(payload)
         wanted = wanted_outputs(payload, self._offered, self._offered[:1])
         if self.embedding:
@@ -106,7 +138,7 @@ class EngineBackend(Backend):
 
     async def stream(self, payload: InferenceRequest) -> AsyncIterator[InferenceResponse]:
         """Tokens as the engine produces them."""
-        if self.embedding:
+        if self.embedding or self.reranking:
             yield await self.predict(payload)
             return
         kind, rows = self._rows(payload)
@@ -136,11 +168,18 @@ class EngineBackend(Backend):
 
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: Optional[bytes] = None) -> Any:
         """Checked, then passed to the engine as it came (``raw``: the request's bytes) and its answer
-        passed back as bytes (a JSON body) or as its SSE chunks."""
+        passed back as bytes (a JSON body) or as its SSE chunks; reranking is answered here, in one shape for
+        every engine, from the engine's scores."""
+        if kind in rerank.RERANK_KINDS:
+            return await rerank.openai_call(self, kind, body)
         path = PATHS[kind]
-        if kind != "embeddings":
+        if kind == "tokenize":
+            parse_tokenize(body)
+        elif kind == "detokenize":
+            parse_detokenize(body, 1 << 31)  # the engine knows the vocabulary: it answers an id outside it
+        elif kind != "embeddings":
             check_openai_body(kind, body, self.max_tokens_limit)
-        if body.get("stream") and kind != "embeddings":
+        if body.get("stream") and kind in GENERATION_KINDS:
             return await self.engine.upstream.stream(path, body, raw)
         if raw is not None:
             return await self.engine.upstream.post_raw(path, raw)

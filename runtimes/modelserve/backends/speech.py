@@ -34,7 +34,7 @@ class SpeechBackend(Backend):
 
     inputs = (MetadataTensor(name="audio", datatype="BYTES", shape=[-1]),)
     outputs = tuple(MetadataTensor(name=n, datatype="BYTES", shape=[-1]) for n in OUTPUTS)
-    openai_kinds = frozenset({"transcriptions"})
+    openai_kinds = frozenset({"transcriptions", "translations"})
 
     def __init__(self, name: str, version: Optional[str], whisper: WhisperEngine):
         super().__init__(name, version)
@@ -58,7 +58,15 @@ class SpeechBackend(Backend):
         return self.response(payload, {n: np.array(v, dtype=object) for n, v in columns.items()}, wanted)
 
     async def openai_call(self, kind: str, form: Dict[str, Any], model_id: str, audio: bytes) -> Any:
-        """/v1/audio/transcriptions: the form's fields as OpenAI documents them."""
+        """/v1/audio/transcriptions and /v1/audio/translations (into English: Whisper's translate task): the
+        form's fields as OpenAI documents them (a translation takes no language and no timestamp_granularities)."""
+        translate = kind == "translations"
+        if translate:
+            given = [k for k in ("language", "timestamp_granularities[]") if form.get(k)]
+            if given:
+                raise OpenAIError(f"field '{given[0]}' is not supported by /v1/audio/translations (it translates "
+                                  "into English; fields: file, model, prompt, response_format, temperature)",
+                                  param=given[0])
         fmt = form.get("response_format") or "json"
         if fmt not in RESPONSE_FORMATS:
             raise OpenAIError(f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {fmt!r}",
@@ -68,7 +76,7 @@ class SpeechBackend(Backend):
             raise OpenAIError(f"timestamp_granularities must be word and/or segment, got {grains}",
                               param="timestamp_granularities[]")
         params = {"language": form.get("language"), "initial_prompt": form.get("prompt"),
-                  "word_timestamps": "word" in grains}
+                  "word_timestamps": "word" in grains, **({"task": "translate"} if translate else {})}
         if form.get("temperature") not in (None, ""):
             params["temperature"] = form["temperature"]
         try:
@@ -83,7 +91,7 @@ class SpeechBackend(Backend):
             return subtitles(result["segments"], fmt)
         if fmt == "json":
             return {"text": result["text"]}
-        body = {"task": "transcribe", "language": result["language"], "duration": round(result["duration"], 3),
+        body = {"task": "translate" if translate else "transcribe", "language": result["language"], "duration": round(result["duration"], 3),
                 "text": result["text"],
                 "segments": [{k: v for k, v in s.items() if k != "words"} | {"seek": 0} for s in result["segments"]]}
         if "word" in grains:

@@ -64,7 +64,8 @@ class TransformersBackend(Backend):
             # a text uploaded as the body (Content-Type text/plain, application/octet-stream, ...): the one text
             self.raw_body = text_as_tensor(self.inputs[0].name)
         self.openai_kinds = frozenset({"embeddings"} if self.task == Task.TEXT_EMBEDDING else
-                                      {"completions", "chat"} if self.task == Task.TEXT_GENERATION else
+                                      {"completions", "chat", "tokenize", "detokenize"}
+                                      if self.task == Task.TEXT_GENERATION else
                                       rerank.RERANK_KINDS if self.task == Task.TEXT_RERANKING else ())
         from .transformers_openai import TransformersOpenAI
 

@@ -17,6 +17,8 @@ class TransformersOpenAI:
 
     async def call(self, kind: str, body: dict) -> Any:
         b = self.backend
+        if kind in ("tokenize", "detokenize"):
+            return self._tokens(kind, body)
         openai.check_fields(kind, body, "backend HUGGINGFACE")
         if kind == "embeddings":
             return await self._embeddings(body)
@@ -47,17 +49,31 @@ class TransformersOpenAI:
             return openai.chat_body(b.name, texts[0], finishes[0], prompt_tokens, counts[0])
         return openai.completion_body(b.name, texts, finishes, prompt_tokens, sum(counts))
 
-    def _chat_row(self, messages: list) -> Dict[str, List[int]]:
+    def _tokens(self, kind: str, body: dict) -> dict:
+        """vLLM's /tokenize and /detokenize answers, from this model's tokenizer."""
+        b = self.backend
+        if kind == "detokenize":
+            tokens = openai.parse_detokenize(body, len(b.tokenizer))
+            return {"prompt": b.tokenizer.decode(tokens)}
+        prompt, messages, special, generation = openai.parse_tokenize(body)
+        if messages is not None:
+            ids = self._chat_row(messages, generation, check_length=False)["input_ids"]
+        else:
+            ids = list(b.tokenizer(prompt, add_special_tokens=special)["input_ids"])
+        return {"count": len(ids), "max_model_len": b.model_limit, "tokens": ids, "token_strs": None}
+
+    def _chat_row(self, messages: list, generation_prompt: bool = True,
+                  check_length: bool = True) -> Dict[str, List[int]]:
         b = self.backend
         if not getattr(b.tokenizer, "chat_template", None):
             raise OpenAIError(f"model '{b.name}' has no chat template (tokenizer_config.json chat_template): "
                               "use /v1/completions", param="messages")
         try:
-            ids = b.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            ids = b.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
         except Exception as exc:  # noqa: BLE001 - a template error is the request's problem
             raise OpenAIError(f"the chat template failed on these messages: {exc}", param="messages") from None
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)  # a list, or a BatchEncoding
-        if len(ids) > b.model_limit:
+        if check_length and len(ids) > b.model_limit:
             raise OpenAIError(f"the chat is {len(ids)} tokens long; this model takes at most {b.model_limit}",
                               param="messages")
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}

@@ -61,6 +61,48 @@ def parse_form(content_type: str, raw: bytes) -> Tuple[Dict[str, Any], Optional[
     return fields, audio
 
 
+TOKENIZE_FIELDS = {"model", "prompt", "messages", "add_special_tokens", "add_generation_prompt", "user"}
+
+
+def parse_tokenize(body: dict) -> Tuple[Optional[str], Optional[list], bool, bool]:
+    """vLLM's /tokenize body: (prompt, messages, add_special_tokens, add_generation_prompt), exactly one of prompt
+    and messages."""
+    extra = [k for k, v in body.items() if k not in TOKENIZE_FIELDS and v is not None]
+    if extra:
+        raise OpenAIError(f"field '{extra[0]}' is not supported by /v1/tokenize", param=extra[0])
+    prompt, messages = body.get("prompt"), body.get("messages")
+    if (prompt is None) == (messages is None):
+        raise OpenAIError("send one of 'prompt' (a string) and 'messages' (a chat)", param="prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise OpenAIError("'prompt' must be a string", param="prompt")
+    if messages is not None and (not isinstance(messages, list) or not messages or
+                                 not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)):
+        raise OpenAIError("'messages' must be a non-empty list of {\"role\", \"content\"} objects", param="messages")
+    flags = []
+    for key, default in (("add_special_tokens", prompt is not None), ("add_generation_prompt", True)):
+        value = body.get(key)
+        if value is None:
+            value = default
+        if not isinstance(value, bool):
+            raise OpenAIError(f"'{key}' must be true or false, got {value!r}", param=key)
+        flags.append(value)
+    return prompt, messages, flags[0], flags[1]
+
+
+def parse_detokenize(body: dict, vocab: int) -> List[int]:
+    """vLLM's /detokenize body: its ``tokens``, ids below ``vocab``."""
+    extra = [k for k, v in body.items() if k not in ("model", "tokens", "user") and v is not None]
+    if extra:
+        raise OpenAIError(f"field '{extra[0]}' is not supported by /v1/detokenize", param=extra[0])
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise OpenAIError("'tokens' must be a list of token ids (integers)", param="tokens")
+    bad = [t for t in tokens if not 0 <= t < vocab]
+    if bad:
+        raise OpenAIError(f"token id {bad[0]} is not in this model's vocabulary (0 to {vocab - 1})", param="tokens")
+    return tokens
+
+
 def sse(data: Any) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
 

@@ -1,5 +1,6 @@
 """OpenAI-compatible routes on MLServer's HTTP port: /v1/models, /v1/completions, /v1/chat/completions,
-/v1/embeddings, /v1/audio/transcriptions, and the reranking routes the same clients' ecosystems use: /v1/rerank
+/v1/embeddings, /v1/audio/transcriptions and /translations, /v1/tokenize and /v1/detokenize (vLLM's; also at
+/tokenize and /detokenize), and the reranking routes the same clients' ecosystems use: /v1/rerank
 (Cohere v1, Jina, vLLM, Infinity), /v2/rerank (Cohere v2) and /v1/score (vLLM's).
 
 Every model that can answer them adds the same routes (MLServer custom handlers, one set per model, so
@@ -35,10 +36,16 @@ ROUTES = (
     ("/v1/chat/completions", "POST", "openai_chat_route", "chat"),
     ("/v1/embeddings", "POST", "openai_embeddings_route", "embeddings"),
     ("/v1/audio/transcriptions", "POST", "openai_transcriptions_route", "transcriptions"),
+    ("/v1/audio/translations", "POST", "openai_translations_route", "translations"),
     ("/v1/rerank", "POST", "openai_rerank_route", "rerank"),
     ("/v2/rerank", "POST", "openai_rerank_v2_route", "rerank"),
     ("/v1/score", "POST", "openai_score_route", "score"),
+    ("/v1/tokenize", "POST", "openai_tokenize_route", "tokenize"),
+    ("/v1/detokenize", "POST", "openai_detokenize_route", "detokenize"),
+    ("/tokenize", "POST", "openai_tokenize_alias_route", "tokenize"),  # vLLM's own paths
+    ("/detokenize", "POST", "openai_detokenize_alias_route", "detokenize"),
 )
+AUDIO_KINDS = ("transcriptions", "translations")
 PATHS: Dict[str, str] = {}
 for _path, _, _, _kind in ROUTES:
     PATHS.setdefault(_kind, _path)
@@ -127,7 +134,7 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
                      **({"parent": s.name} if i != s.name else {})}
                     for s in list(REGISTRY.values()) for i in s.openai_ids()]
             return JSONResponse({"object": "list", "data": data})
-        if kind == "transcriptions":  # multipart: the audio file is passed on as ``raw``
+        if kind in AUDIO_KINDS:  # multipart: the audio file is passed on as ``raw``
             body, raw = parse_form(content_type, raw)
         else:
             try:
@@ -141,7 +148,7 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
             serves = [PATHS[k] for k in PATHS if k != "models" and served.openai_supports(k)]
             raise OpenAIError(f"model '{model_id}' does not serve {PATHS[kind]} (it serves: {', '.join(serves)})",
                               400, param="model")
-        if kind == "transcriptions":
+        if kind in AUDIO_KINDS:
             if not raw:
                 raise OpenAIError("'file' is required: the audio file, as a multipart part named file", param="file")
             result = await served.openai_call(kind, body, model_id, raw)
