@@ -216,6 +216,8 @@ class TransformersBackend(Backend):
     def _call(self, key: Hashable, rows: List[Dict[str, List[int]]]) -> Dict[str, np.ndarray]:
         import torch
 
+        if self.task == Task.TEXT_RERANKING:
+            return {"scores": self._relevance(rows)}
         batch = {k: v.to(self.device) for k, v in engine.pad(self.tokenizer, rows).items()}
         with torch.inference_mode():
             if self.task == Task.TEXT_EMBEDDING:
@@ -226,10 +228,25 @@ class TransformersBackend(Backend):
                 return {"embedding": vec.cpu().numpy()}
             if self.task == Task.FILL_MASK:
                 return engine.fill_mask_call(self.model, batch, self.tokenizer.mask_token_id, key[1])
-            if self.task == Task.TEXT_RERANKING:
-                return {"scores": engine.relevance(self.model(**batch).logits.float(), self.activation).cpu().numpy()}
             probs = torch.softmax(self.model(**batch).logits.float(), dim=-1).cpu().numpy()
         return {"probabilities": probs}
+
+    RERANK_CHUNK = 32
+    """Pairs per forward pass: merged requests' pairs run sorted by length in chunks of this many, so a chunk is
+    padded to its own longest pair, not the whole merge's (sentence-transformers' CrossEncoder does the same)."""
+
+    def _relevance(self, rows: List[Dict[str, List[int]]]) -> np.ndarray:
+        import torch
+
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+        scores = np.empty(len(rows), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.RERANK_CHUNK):
+                part = order[start:start + self.RERANK_CHUNK]
+                batch = {k: v.to(self.device) for k, v in engine.pad(self.tokenizer, [rows[i] for i in part]).items()}
+                logits = self.model(**batch).logits.float()
+                scores[part] = engine.relevance(logits, self.activation).cpu().numpy()
+        return scores
 
     async def embed(self, rows: List[Dict[str, List[int]]]) -> np.ndarray:
         return (await self._coalescer(self.task, rows, len(rows)))["embedding"]
