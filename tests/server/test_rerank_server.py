@@ -193,3 +193,12 @@ def test_max_length_truncates_long_documents(rerank_server):
     ce = CrossEncoder(str(rerank_server.ce1), device="cpu", max_length=16)
     np.testing.assert_allclose(output(r.json(), "scores")["data"], ce.predict([(QUERY, LONG), (QUERY, DOCS[0])]),
                                atol=1e-4)
+
+
+def test_the_openai_routes_also_answer_under_kubeais_proxy_prefix(rerank_server):
+    """DHCore's run status names /openai/v1/... (KubeAI's proxy paths): the same routes answer there."""
+    models = requests.get(f"{rerank_server.url}/openai/v1/models", timeout=30).json()
+    assert "rerank" in [m["id"] for m in models["data"]]
+    r = requests.post(f"{rerank_server.url}/openai/v1/rerank", json={"model": "rerank", "query": QUERY,
+                                                                     "documents": DOCS, "top_n": 1}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["results"]) == 1, r.text

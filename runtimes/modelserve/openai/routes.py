@@ -45,6 +45,9 @@ ROUTES = (
     ("/tokenize", "POST", "openai_tokenize_alias_route", "tokenize"),  # vLLM's own paths
     ("/detokenize", "POST", "openai_detokenize_alias_route", "detokenize"),
 )
+# DHCore's run status (digitalhub) names KubeAI's proxy paths, /openai/v1/...: the same routes there too
+ROUTES += tuple((f"/openai{path}", method, f"{attr}_openai", kind) for path, method, attr, kind in ROUTES
+                if path.startswith("/v1/"))
 AUDIO_KINDS = ("transcriptions", "translations")
 PATHS: Dict[str, str] = {}
 for _path, _, _, _kind in ROUTES:
