@@ -577,6 +577,7 @@ def report(wanted: List[str], heavy: bool) -> dict:
                 entry["ready_s"] = round(pod.wait_ready(timeout=900, period=0.25), 1)
             finally:
                 pod.remove()
+        save({key: entry}, bases, heavy)  # what is measured so far survives a later failure
     env = {**os.environ, **({"MODELSERVE_HEAVY_IMAGES": "1"} if heavy else {}),
            "MODELSERVE_IMAGE_KEYS": ",".join(wanted)}
     subprocess.run([sys.executable, "-m", "pytest", "tests/server/test_images_built.py", "-q", "-k",
@@ -590,7 +591,12 @@ def report(wanted: List[str], heavy: bool) -> dict:
         else:
             entry["served_kserve"] = ok.get(("kserve", key), False)
             entry["served_modelmesh"] = ok.get(("modelmesh", key), False)
-    old = json.loads(REPORT.read_text()) if REPORT.exists() else {"images": {}}  # another report may have run
+    return save(results, bases, heavy)
+
+
+def save(results: Dict[str, dict], bases: Dict[str, float], heavy: bool) -> dict:
+    """Merges ``results`` into images.json (re-read: another report may have written it meanwhile)."""
+    old = json.loads(REPORT.read_text()) if REPORT.exists() else {"images": {}}
     for key, entry in results.items():  # a heavy build of an image the CPU tier has goes beside it
         if heavy and old["images"].get(key, {}).get("tier") == "cpu":
             old["images"][key]["heavy"] = dict(sorted(entry.items()))
@@ -615,13 +621,20 @@ def table(data: dict) -> str:
 
     rows = ["| image | tier | size | build (cold) | rebuild (source change) | start to ready | KServe way | "
             "ModelMesh way | packages |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for key, e in sorted(data["images"].items()):
+    entries = [(k, e) for k, v in sorted(data["images"].items()) for e in [v] + ([v["heavy"]] if "heavy" in v else [])]
+    for key, e in entries:
         pk = e.get("packages", {})
         main = ", ".join(f"{n} {pk[n]}" for n in sorted(pk, key=str.lower) if n.lower() in TABLE_PACKAGES)
         rows.append(f"| `{key}` | {e.get('tier', '')} | {cell(e.get('size_mb'), ' MB')} | {cell(e.get('build_s'), ' s')} "
                     f"| {cell(e.get('rebuild_s'), ' s')} | {cell(e.get('ready_s'), ' s')} | "
-                    f"{cell(e.get('served_kserve'))} | {cell(e.get('served_modelmesh'))} | {len(pk)}: {main} |")
+                    f"{served_cell(e, 'served_kserve')} | {served_cell(e, 'served_modelmesh')} | {len(pk)}: {main} |")
     return "\n".join(rows) + "\n"
+
+
+def served_cell(entry: dict, field_name: str) -> str:
+    if entry.get(field_name) is None and "engine_imports" in entry:
+        return f"needs a GPU (engine imports vLLM: {'yes' if entry['engine_imports'] else 'no'})"
+    return {True: "yes", False: "no"}.get(entry.get(field_name), "")
 
 
 TABLE_PACKAGES = {"mlserver", "modelserve", "torch", "transformers", "scikit-learn", "mlflow-skinny", "faster-whisper",
@@ -642,6 +655,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--heavy", action="store_true", help="PyPI alone: CUDA torch, the vllm image")
     s = sub.add_parser("bases", help="make the stand-in base images that are missing")
     s.add_argument("--force", action="store_true", help="remake them even when present")
+    t = sub.add_parser("rebuild", help="time a rebuild after a source-only change, into the report")
+    t.add_argument("keys", nargs="+", metavar="KEY")
+    t.add_argument("--heavy", action="store_true")
     r = sub.add_parser("report", help=f"build, time and serve, then write {REPORT.relative_to(ROOT)}")
     r.add_argument("keys", nargs="*", metavar="KEY")
     r.add_argument("--heavy", action="store_true")
@@ -651,6 +667,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "bases":
             for base, secs in ensure_bases(*keys(), force=args.force).items():
                 print(f"{base}: stand-in made in {secs:.0f} s")
+        elif args.command == "rebuild":
+            for key in check_keys(args.keys):
+                took = round(rebuild_after_source_change(key, args.heavy), 1)
+                data = json.loads(REPORT.read_text()) if REPORT.exists() else {"images": {}}
+                entry = data["images"].setdefault(key, {})
+                (entry["heavy"] if args.heavy and "heavy" in entry else entry)["rebuild_s"] = took
+                REPORT.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+                print(f"{image_name(key)}: rebuilt after a source change in {took:.0f} s", flush=True)
         elif args.command == "table":
             if not REPORT.exists():
                 raise ImageError(f"no {REPORT.relative_to(ROOT)} yet: `python scripts/images.py report` writes it")
