@@ -366,7 +366,10 @@ def test_tokenize_and_detokenize_agree_on_vllm_and_transformers(llm_server):
         d = requests.post(llm_server.url + "/v1/detokenize", json={"model": model, "tokens": body["tokens"]},
                           timeout=60).json()
         got[model] = (body["tokens"], c["tokens"], d["prompt"])
-    assert got["llm"] == got["hf-vllm"] == got["hf-llama"], got
+    # prompts and detokenized text agree on all three; chats where the template is the tokenizer's (model "llm"
+    # runs vLLM with --chat-template templates/plain.jinja, its own)
+    assert got["llm"][::2] == got["hf-vllm"][::2] == got["hf-llama"][::2], got
+    assert got["hf-vllm"][1] == got["hf-llama"][1], got
     assert PROMPT in got["llm"][2]
     for model in ("llm", "hf-llama"):
         r = requests.post(llm_server.url + "/v1/tokenize", json={"model": model, "prompt": PROMPT, "messages": chat},
