@@ -329,26 +329,11 @@ class MLflowDownload:
         p = self.parsed
         c = self.client()
         if p.kind == "run":
-            try:
-                self._call("reading the run", c.get_run, p.run_id)
-            except ModelLoadError:
-                raise
-            except Exception as exc:
-                if _not_found(exc):
-                    raise self.fail(f"run '{p.run_id}' not found on the MLflow tracking server at "
-                                    f"{self.server}") from None
-                raise self.fail(f"cannot read run '{p.run_id}': {_reason(exc)}") from None
+            self._existing(f"run '{p.run_id}'", "reading the run", c.get_run, p.run_id)
             return f"runs:/{p.run_id}/{p.path}"
         if p.kind == "logged":
-            try:
-                self._call("reading the logged model", c.get_logged_model, p.ref)
-            except ModelLoadError:
-                raise
-            except Exception as exc:
-                if _not_found(exc):
-                    raise self.fail(f"logged model '{p.ref}' not found on the MLflow tracking server at "
-                                    f"{self.server} (registered models are models:/<name>/<version>)") from None
-                raise self.fail(f"cannot read logged model '{p.ref}': {_reason(exc)}") from None
+            self._existing(f"logged model '{p.ref}'", "reading the logged model", c.get_logged_model, p.ref,
+                           hint=" (registered models are models:/<name>/<version>)")
             return f"models:/{p.ref}"
         if p.kind == "artifacts":
             return p.uri.strip()
@@ -388,15 +373,20 @@ class MLflowDownload:
         return f"models:/{p.name}/{version}"
 
     def _registered(self, name: str):
+        return self._existing(f"registered model '{name}'", "reading the registered model",
+                              self.client().get_registered_model, name)
+
+    def _existing(self, what: str, action: str, call, *args, hint: str = ""):
+        """``call(*args)`` (``action``, for _call's messages) for the tracking server's ``what``: not there, or not
+        readable, is one line naming it."""
         try:
-            return self._call("reading the registered model", self.client().get_registered_model, name)
+            return self._call(action, call, *args)
         except ModelLoadError:
             raise
         except Exception as exc:
             if _not_found(exc):
-                raise self.fail(f"registered model '{name}' not found on the MLflow tracking server at "
-                                f"{self.server}") from None
-            raise self.fail(f"cannot read registered model '{name}': {_reason(exc)}") from None
+                raise self.fail(f"{what} not found on the MLflow tracking server at {self.server}{hint}") from None
+            raise self.fail(f"cannot read {what}: {_reason(exc)}") from None
 
     def _versions(self, name: str) -> List[str]:
         try:
