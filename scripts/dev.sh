@@ -32,6 +32,7 @@ setup() {
   setup_vllm
   setup_infinity
   setup_images
+  setup_prometheus
   .venv/bin/python settings/build_examples.py
 }
 
@@ -93,6 +94,17 @@ setup_images() {
       printf '[containers]\n%s\n' "$limits" | $sudo tee -a "$conf" >/dev/null
     fi
   fi
+}
+
+# A real Prometheus server (Debian's package) scrapes a real MLServer in tests/server/test_prometheus_server.py.
+# Needs root (or sudo) for apt; MODELSERVE_SKIP_PROMETHEUS=1 skips it, and that test then skips too.
+setup_prometheus() {
+  [ "${MODELSERVE_SKIP_PROMETHEUS:-0}" = 1 ] && return 0
+  command -v prometheus >/dev/null && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 }
 
 # The Python 3.12 lane: .venv-py312 made the same way as .venv, then the unit tests and every test marked lane312

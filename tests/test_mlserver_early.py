@@ -27,6 +27,8 @@ MARKS = {
     "mlserver.handlers.dataplane": "DataPlane.ready",
     "mlserver.rest.endpoints": "Endpoints.ready Endpoints.live Endpoints.model_ready Endpoints.infer",
     "mlserver.handlers.model_repository": "ModelRepositoryHandlers._to_item",
+    "mlserver.grpc.servicers": "InferenceServicer.ModelInfer",
+    "mlserver.metrics.prometheus": "PrometheusEndpoint.handle_metrics",
 }
 
 

@@ -27,6 +27,8 @@ import time
 from contextlib import asynccontextmanager
 from typing import Dict, Optional, Set
 
+from . import metrics
+
 logger = logging.getLogger("mlserver.modelserve")
 
 DRAIN_SECONDS = float(os.environ.get("MODELSERVE_DRAIN_SECONDS", "20"))
@@ -76,6 +78,8 @@ def patch_server(module) -> None:
         return
 
     async def start(self, models_settings=()):
+        if self._settings.tracing_server:  # the engines trace to the same collector (tracing.py)
+            os.environ.setdefault("MODELSERVE_TRACING_SERVER", self._settings.tracing_server)
         servers = [self._rest_server.start(), self._grpc_server.start()]
         if self._metrics_server:
             servers.append(self._metrics_server.start())
@@ -169,22 +173,82 @@ def patch_dataplane(module) -> None:
         return model.ready
 
     @asynccontextmanager
-    async def _infer_contextmanager(self, name: str, version: Optional[str] = None):
+    async def _infer_contextmanager(self, name: str, version: Optional[str] = None, endpoint: str = "infer"):
         try:  # looked up first: the labels below exist only for models that do
             model = await self._model_registry.get_model(name, version)
         except ModelNotFound:
             raise _unavailable(name, version) or ModelNotFound(name, version) from None
-        labels = {"model": name, "version": version}
-        with self._ModelInferRequestDuration.labels(**labels).time(), \
-                self._ModelInferRequestFailure.labels(**labels).count_exceptions():
-            if not model.ready:
-                raise module.ModelNotReady(name, version)
-            with module.model_context(model.settings):
-                yield model
-            self._ModelInferRequestSuccess.labels(**labels).inc()
+        # the version of the model that answers ("" for an unversioned one): MLServer labelled the request's,
+        # "None" for the unversioned route and "v1" for the same model on the versioned one
+        labels = {"model": name, "version": model.settings.version or ""}
+        request = metrics.Request(name, metrics.PROTOCOL.get(), endpoint)
+        try:
+            with self._ModelInferRequestDuration.labels(**labels).time(), \
+                    self._ModelInferRequestFailure.labels(**labels).count_exceptions():
+                if not model.ready:
+                    raise module.ModelNotReady(name, version)
+                with module.model_context(model.settings):
+                    yield model
+                self._ModelInferRequestSuccess.labels(**labels).inc()
+        except BaseException as exc:
+            request.failed(exc)
+            raise
+        request.done("2xx")
+
+    async def infer_stream(self, payloads, name: str, version: Optional[str] = None):
+        """MLServer's own, its requests counted as ``stream`` (to their last response)."""
+        async with self._infer_contextmanager(name, version, "stream") as model:
+            async for payload in payloads:
+                break
+            decorated = self._prepare_payloads_generator(payload, payloads, model)
+            async for prediction in model.predict_stream(decorated):
+                prediction.id = payload.id
+                self._inference_middleware.response_middleware(prediction, model.settings)
+                yield prediction
 
     ready.modelserve_patched = True  # type: ignore[attr-defined]
     plane.ready, plane.model_ready, plane._infer_contextmanager = ready, model_ready, _infer_contextmanager
+    plane.infer_stream = infer_stream
+
+
+# -- mlserver.metrics.prometheus ------------------------------------------------------------------------
+def patch_metrics_endpoint(module) -> None:
+    """The scrape also carries the supervised engines' own metrics, labelled with their model (metrics.py)."""
+    endpoint = module.PrometheusEndpoint
+    if getattr(endpoint.handle_metrics, "modelserve_patched", False):
+        return
+
+    def handle_metrics(self, req):  # sync, as MLServer's: Starlette runs it in its thread pool
+        return module.Response(metrics.scrape(self), status_code=200,
+                               headers={"Content-Type": module.CONTENT_TYPE_LATEST})
+
+    handle_metrics.modelserve_patched = True  # type: ignore[attr-defined]
+    endpoint.handle_metrics = handle_metrics
+
+
+# -- mlserver.grpc.servicers -------------------------------------------------------------------------------
+def patch_grpc_servicer(module) -> None:
+    """Its requests are counted as ``v2-grpc`` (metrics.PROTOCOL, read where DataPlane counts them)."""
+    servicer = module.InferenceServicer
+    if getattr(servicer.ModelInfer, "modelserve_patched", False):
+        return
+    import functools
+
+    unary, stream = servicer.ModelInfer, servicer.ModelStreamInfer
+
+    @functools.wraps(unary)
+    async def ModelInfer(self, request, context):
+        metrics.PROTOCOL.set("v2-grpc")  # this RPC's own task
+        return await unary(self, request, context)
+
+    @functools.wraps(stream)
+    async def ModelStreamInfer(self, requests_stream, context):
+        metrics.PROTOCOL.set("v2-grpc")
+        async for response in stream(self, requests_stream, context):
+            yield response
+
+    ModelInfer.modelserve_patched = True  # type: ignore[attr-defined]
+    servicer.ModelInfer, servicer.ModelStreamInfer = ModelInfer, ModelStreamInfer
 
 
 # -- mlserver.rest.endpoints -------------------------------------------------------------------------------

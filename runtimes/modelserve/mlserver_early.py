@@ -211,7 +211,9 @@ PATCHES = {"mlserver.parallel.worker": patch_worker, "mlserver.parallel.errors":
            "mlserver.registry": _lifecycle("patch_registry"), "mlserver.server": _lifecycle("patch_server"),
            "mlserver.handlers.dataplane": _lifecycle("patch_dataplane"),
            "mlserver.rest.endpoints": _both(_lifecycle("patch_endpoints"), _lazy("frontdoor", "patch_infer_endpoint")),
-           "mlserver.handlers.model_repository": _lifecycle("patch_repository")}
+           "mlserver.handlers.model_repository": _lifecycle("patch_repository"),
+           "mlserver.grpc.servicers": _lifecycle("patch_grpc_servicer"),
+           "mlserver.metrics.prometheus": _lifecycle("patch_metrics_endpoint")}
 """MLServer module -> the patch applied right after it is imported."""
 
 

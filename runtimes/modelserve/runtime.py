@@ -15,7 +15,7 @@ from mlserver.settings import ModelSettings
 from mlserver.types import InferenceRequest, InferenceResponse
 from pydantic import ValidationError
 
-from . import mlserver_compat
+from . import metrics, mlserver_compat, tracing
 from .backends import Backend
 from .codecs import v1_request_to_v2, v2_response_to_v1
 from .codecs.requests import parse_json
@@ -71,9 +71,18 @@ class Runtime(MLModel):
                 return await target()
 
         else:
+            protocol, endpoint = (("invocations", "invocations") if path.endswith("invocations")
+                                  else ("v1", path.rpartition(":")[2]))
 
             async def handler(body: bytes = Depends(mlserver_compat.raw_body)) -> Any:  # type: ignore[misc]
-                return await self._request(target(parse_json(body)))
+                request = metrics.Request(self.name, protocol, endpoint)
+                try:
+                    answer = await self._request(target(parse_json(body)))
+                except BaseException as exc:
+                    request.failed(exc)
+                    raise
+                request.done("2xx")
+                return answer
 
         mlserver_compat.add_custom_handler(self, path, method, attr, handler)
 
@@ -111,7 +120,8 @@ class Runtime(MLModel):
 
     # -- inference ---------------------------------------------------------------------------------
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        return await self._request(self._predict(payload))
+        with tracing.span("modelserve.predict", **{"modelserve.model": self.name}):  # decode, model, encode
+            return await self._request(self._predict(payload))
 
     async def _predict(self, payload: InferenceRequest) -> InferenceResponse:
         return await self.backend.predict(payload)

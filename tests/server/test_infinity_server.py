@@ -96,3 +96,18 @@ def test_bad_openai_input_is_a_4xx_in_openai_shape(server, payload, fragment):
 def test_generation_routes_are_refused_for_an_embedding_engine(server):
     res = requests.post(server.url + "/v1/completions", json={"model": "emb", "prompt": "x"}, timeout=30)
     assert res.status_code == 400 and "does not serve /v1/completions" in res.json()["error"]["message"]
+
+
+def test_infinitys_own_metrics_are_on_the_metrics_port_with_the_models_label(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def served():
+        text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=30).text
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == "http_requests_total" and s.labels.get("model") == "emb"
+                   and s.labels.get("handler", "").endswith("/embeddings"))
+
+    before = served()
+    for _ in range(3):
+        server.client.embeddings.create(model="emb", input=TEXTS[:2])
+    assert served() == before + 3  # Infinity's own counter of its /embeddings route, one per request

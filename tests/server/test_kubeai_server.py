@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from ..support.engine_envs import engine_command
-from ..support.harness import Server, grpc, grpc_stream, write_model
+from ..support.harness import Server, eventually, grpc, grpc_stream, write_model
 from ..support.hf_models import minilm_dir
 from ..support.llama_models import build_lora, build_tiny_llama
 from ..support.processes import descendants, pids_mentioning, wait_gone
@@ -379,3 +379,46 @@ def test_tokenize_and_detokenize_agree_on_vllm_and_transformers(llm_server):
         assert r.status_code == 400 and "'tokens' must be a list" in r.json()["error"]["message"], r.text
     r = requests.post(llm_server.url + "/v1/tokenize", json={"model": "minilm", "prompt": "x"}, timeout=30)
     assert r.status_code == 400 and "does not serve /v1/tokenize" in r.json()["error"]["message"], r.text
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+def _scrape(srv) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=30).text
+    out: dict = {}
+    for family in text_string_to_metric_families(text):  # parses: one family per name, engines merged
+        for s in family.samples:
+            key = (s.name, s.labels.get("model"))
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def test_vllms_own_metrics_are_on_the_metrics_port_and_agree_with_ours(llm_server):
+    """vLLM's /metrics re-exported with the model's label; its token counters moved by exactly what
+    modelserve's counted (and what usage said), over OpenAI and V2, streamed and not."""
+    before = _scrape(llm_server)
+    assert before.get(("vllm:num_requests_running", "llm")) is not None, sorted(k for k in before if "vllm" in k[0])
+    prompt = completion = 0
+    res = complete(llm_server, max_tokens=6)
+    prompt, completion = prompt + res.usage.prompt_tokens, completion + res.usage.completion_tokens
+    chunks = list(complete(llm_server, max_tokens=5, stream=True, stream_options={"include_usage": True}))
+    prompt, completion = prompt + chunks[-1].usage.prompt_tokens, completion + chunks[-1].usage.completion_tokens
+    list(complete(llm_server, model="lora-a", max_tokens=4, stream=True))  # usage not asked for: still counted
+    r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=3))
+    assert r.status_code == 200, r.text
+    seen = {}
+
+    def delta(name):
+        return seen["after"].get((name, "llm"), 0.0) - before.get((name, "llm"), 0.0)
+
+    def agree():  # vLLM updates its counters as its output processor finishes each request
+        seen["after"] = _scrape(llm_server)
+        return delta("vllm:generation_tokens_total") == delta("modelserve_generation_tokens_total")
+
+    eventually(agree, timeout=15)
+    assert delta("vllm:generation_tokens_total") == delta("modelserve_generation_tokens_total")
+    assert delta("vllm:prompt_tokens_total") == delta("modelserve_prompt_tokens_total")
+    assert completion < delta("modelserve_generation_tokens_total") <= completion + 4 + 3
+    assert delta("modelserve_prompt_tokens_total") > prompt
+    assert delta("vllm:e2e_request_latency_seconds_count") == 4 == delta("modelserve_e2e_request_latency_seconds_count")

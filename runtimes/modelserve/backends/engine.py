@@ -22,6 +22,7 @@ from ..codecs.requests import no_parameters, one_input, request_parameters, want
 from ..engines.openai_http import sse_events
 from ..errors import BadRequest, InternalError
 from ..openai.protocol import check_openai_body, parse_detokenize, parse_tokenize
+from .. import metrics
 from . import Backend, rerank
 
 GENERATION_KINDS = frozenset({"completions", "chat"})
@@ -119,19 +120,30 @@ class EngineBackend(Backend):
             result = await self.engine.upstream.post("/v1/embeddings", {"model": model_id, "input": rows,
                                                                         "encoding_format": "base64"})
             vectors = np.stack([_vector(d["embedding"]) for d in sorted(result["data"], key=lambda d: d["index"])])
+            metrics.embedded(self.name, model_id if model_id != self.name else "", len(rows),
+                             int((result.get("usage") or {}).get("prompt_tokens") or 0))
             return self.response(payload, {"embedding": vectors}, wanted)
         params = request_parameters(payload)
         model_id = self._model_id(params)
         body = self._sampling(params)
-        if kind == "messages":
-            results = await asyncio.gather(*[self.engine.upstream.post(
-                "/v1/chat/completions", {**body, "model": model_id, "messages": m}) for m in rows])
-            choices = [r["choices"][0] for r in results]
-            texts = [c["message"].get("content") or "" for c in choices]
-        else:
-            result = await self.engine.upstream.post("/v1/completions", {**body, "model": model_id, "prompt": rows})
-            choices = sorted(result["choices"], key=lambda c: c["index"])
-            texts = [c["text"] for c in choices]
+        generation = metrics.Generation(self.name, model_id if model_id != self.name else "")
+        try:
+            if kind == "messages":
+                results = await asyncio.gather(*[self.engine.upstream.post(
+                    "/v1/chat/completions", {**body, "model": model_id, "messages": m}) for m in rows])
+                choices = [r["choices"][0] for r in results]
+                texts = [c["message"].get("content") or "" for c in choices]
+            else:
+                results = [await self.engine.upstream.post("/v1/completions",
+                                                           {**body, "model": model_id, "prompt": rows})]
+                choices = sorted(results[0]["choices"], key=lambda c: c["index"])
+                texts = [c["text"] for c in choices]
+        except BaseException:
+            generation.failed()
+            raise
+        used = [r.get("usage") or {} for r in results]
+        generation.done(sum(int(u.get("prompt_tokens") or 0) for u in used),
+                        sum(int(u.get("completion_tokens") or 0) for u in used))
         outputs = {"text": np.array(texts, dtype=object),
                    "finish_reason": np.array([c.get("finish_reason") or "" for c in choices], dtype=object)}
         return self.response(payload, outputs, wanted)
@@ -146,21 +158,36 @@ class EngineBackend(Backend):
         if len(rows) != 1:
             raise BadRequest(f"streaming takes one prompt per request, got {len(rows)}")
         params = request_parameters(payload)
-        body = {**self._sampling(params), "model": self._model_id(params), "stream": True}
-        if kind == "messages":
-            chunks = await self.engine.upstream.stream("/v1/chat/completions", {**body, "messages": rows[0]})
-        else:
-            chunks = await self.engine.upstream.stream("/v1/completions", {**body, "prompt": rows[0]})
-        async for event in sse_events(chunks):
-            if "error" in event:
-                raise InternalError(f"model '{self.name}': engine stream failed: {event['error'].get('message')}")
-            for choice in event.get("choices", []):
-                delta = choice.get("text") if kind != "messages" else (choice.get("delta") or {}).get("content")
-                finish = choice.get("finish_reason") or ""
-                if not delta and not finish:
-                    continue
-                yield self.response(payload, {"text": np.array([delta or ""], dtype=object),
-                                              "finish_reason": np.array([finish], dtype=object)}, wanted)
+        model_id = self._model_id(params)
+        body = {**self._sampling(params), "model": model_id, "stream": True,
+                "stream_options": {"include_usage": True}}  # the counts, for metrics.py
+        generation = metrics.Generation(self.name, model_id if model_id != self.name else "", streamed=True)
+        usage: dict = {}
+        ok = False
+        try:
+            if kind == "messages":
+                chunks = await self.engine.upstream.stream("/v1/chat/completions", {**body, "messages": rows[0]})
+            else:
+                chunks = await self.engine.upstream.stream("/v1/completions", {**body, "prompt": rows[0]})
+            async for event in sse_events(chunks):
+                if "error" in event:
+                    raise InternalError(f"model '{self.name}': engine stream failed: {event['error'].get('message')}")
+                usage = event.get("usage") or usage
+                for choice in event.get("choices", []):
+                    delta = choice.get("text") if kind != "messages" else (choice.get("delta") or {}).get("content")
+                    finish = choice.get("finish_reason") or ""
+                    if not delta and not finish:
+                        continue
+                    if delta:
+                        generation.token()
+                    yield self.response(payload, {"text": np.array([delta or ""], dtype=object),
+                                                  "finish_reason": np.array([finish], dtype=object)}, wanted)
+            ok = True
+        finally:
+            if not ok:
+                generation.failed()
+            generation.done(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+                            if usage else None)
 
     # -- OpenAI routes -----------------------------------------------------------------------------
     def openai_ids(self) -> List[str]:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
+from .. import metrics
 from ..codecs.audio import audio_rows
 from ..codecs.requests import one_input, request_parameters, wanted_outputs
 from ..engines.whisper import WhisperEngine, transcribe_options
@@ -51,11 +53,18 @@ class SpeechBackend(Backend):
         clips = audio_rows(inp)
         wanted = wanted_outputs(payload, OUTPUTS, ("text",))
         opts = transcribe_options(request_parameters(payload), self.whisper.languages)
-        results = await asyncio.gather(*[self.whisper.transcribe(c, opts, i) for i, c in enumerate(clips)])
+        results = await asyncio.gather(*[self._transcribe(c, opts, i) for i, c in enumerate(clips)])
         columns = {"text": [r["text"] for r in results],
                    "segments": [json.dumps(r["segments"]) for r in results],
                    "language": [r["language"] for r in results]}
         return self.response(payload, {n: np.array(v, dtype=object) for n, v in columns.items()}, wanted)
+
+    async def _transcribe(self, audio, opts: Dict[str, Any], row: int = 0) -> dict:
+        """One clip, its audio seconds and real-time factor counted (metrics.py)."""
+        start = time.perf_counter()
+        result = await self.whisper.transcribe(audio, opts, row)
+        metrics.transcribed(self.name, float(result.get("duration") or 0.0), time.perf_counter() - start)
+        return result
 
     async def openai_call(self, kind: str, form: Dict[str, Any], model_id: str, audio: bytes) -> Any:
         """/v1/audio/transcriptions and /v1/audio/translations (into English: Whisper's translate task): the
@@ -81,7 +90,7 @@ class SpeechBackend(Backend):
             params["temperature"] = form["temperature"]
         try:
             opts = transcribe_options(params, self.whisper.languages)
-            result = await self.whisper.transcribe(audio, opts)
+            result = await self._transcribe(audio, opts)
         except BadRequest as exc:
             raise OpenAIError(str(exc).replace("parameter 'initial_prompt'", "'prompt'").replace("audio 0", "file"),
                               param="file" if "audio" in str(exc) else None) from None

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Dict, Hashable, List, Optional
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
+from .. import metrics
 from ..batching import MODEL_FILE_LOCK, Coalescer, ModelThread
 from ..codecs import text_rows, token_tensors
 from ..mlserver_compat import text_as_tensor
@@ -287,7 +288,7 @@ class TransformersBackend(Backend):
         if self.task == Task.FILL_MASK:
             return await self._fill_mask(payload, None, rows)
         no_parameters(payload, f"task {self.task.value}")
-        return await self._coalescer(self.task, rows, len(rows))
+        return await self._counted(rows)
 
     async def _predict_texts(self, payload: InferenceRequest) -> Dict[str, np.ndarray]:
         texts = text_rows(one_input(payload, TEXTS))
@@ -300,7 +301,14 @@ class TransformersBackend(Backend):
         if self.task == Task.TOKEN_CLASSIFICATION:
             return await self._token_classification(texts)
         rows = self.encode(texts)
-        return await self._coalescer(self.task, rows, len(rows))
+        return await self._counted(rows)
+
+    async def _counted(self, rows: List[Dict[str, List[int]]]) -> Dict[str, np.ndarray]:
+        """The model on rows of a V2 request; embeddings counted (the OpenAI route counts its own)."""
+        result = await self._coalescer(self.task, rows, len(rows))
+        if self.task == Task.TEXT_EMBEDDING:
+            metrics.embedded(self.name, "", len(rows), sum(len(r["input_ids"]) for r in rows))
+        return result
 
     async def _token_classification(self, texts: List[str]) -> Dict[str, np.ndarray]:
         full = self.encode(texts, return_offsets_mapping=True, return_special_tokens_mask=True)
@@ -351,7 +359,17 @@ class TransformersBackend(Backend):
 
     async def _generate(self, payload: InferenceRequest, prompts: List[str]) -> List[str]:
         kw, seed, stop = self.generation_args(request_parameters(payload))
-        return [(await self.generate(row, kw, seed, stop))[0] for row in self.encode(prompts)]
+        texts = []
+        for row in self.encode(prompts):
+            generation = metrics.Generation(self.name)
+            try:
+                text, count = await self.generate(row, kw, seed, stop)
+            except BaseException:
+                generation.failed()
+                raise
+            generation.done(len(row["input_ids"]), count)
+            texts.append(text)
+        return texts
 
     async def deltas(self, row: Dict[str, List[int]], kw: dict, seed, stop) -> AsyncIterator[str]:
         """The new text of one generation, piece by piece; its last item is the new token count (an int)."""
@@ -379,10 +397,20 @@ class TransformersBackend(Backend):
             raise BadRequest(f"streaming takes one prompt per request, got {len(prompts)}")
         self._log(payload, prompts)
         kw, seed, stop = self.generation_args(request_parameters(payload))
-        async with aclosing(self.deltas(self.encode(prompts)[0], kw, seed, stop)) as deltas:
-            async for delta in deltas:
-                if isinstance(delta, str):
-                    yield self.response(payload, {wanted[0]: np.array([delta], dtype=object)}, wanted)
+        row = self.encode(prompts)[0]
+        generation, count = metrics.Generation(self.name, streamed=True), None
+        try:
+            async with aclosing(self.deltas(row, kw, seed, stop)) as deltas:
+                async for delta in deltas:
+                    if isinstance(delta, str):
+                        generation.token()
+                        yield self.response(payload, {wanted[0]: np.array([delta], dtype=object)}, wanted)
+                    else:
+                        count = delta
+        finally:
+            if count is None:
+                generation.failed()
+            generation.done(len(row["input_ids"]), count)
 
     # -- OpenAI routes -----------------------------------------------------------------------------
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:

@@ -40,7 +40,7 @@ class TransformersOpenAI:
         if body.get("stream"):
             if len(rows) != 1:
                 raise OpenAIError("streaming takes one prompt per request", param="prompt")
-            return self._stream(kind, rows[0], kw, seed, stop)
+            return self._stream(kind, rows[0], kw, seed, stop, openai.wants_usage(body))
         done = [await b.generate(row, kw, seed, stop) for row in rows]
         texts, counts = [t for t, _ in done], [n for _, n in done]
         finishes = ["length" if n >= kw["max_new_tokens"] else "stop" for n in counts]
@@ -78,18 +78,22 @@ class TransformersOpenAI:
                               param="messages")
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
-    async def _stream(self, kind: str, row: Dict[str, List[int]], kw: dict, seed, stop):
+    async def _stream(self, kind: str, row: Dict[str, List[int]], kw: dict, seed, stop, usage: bool = False):
         name = self.backend.name
         rid, created = openai.new_id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
         if kind == "chat":
             yield openai.chunk(kind, rid, created, name, "", role="assistant")
+        generated = 0
         async with aclosing(self.backend.deltas(row, kw, seed, stop)) as deltas:
             async for delta in deltas:
                 if isinstance(delta, str):
                     yield openai.chunk(kind, rid, created, name, delta)
                     continue
+                generated = delta
                 finish = "length" if delta >= kw["max_new_tokens"] else "stop"
                 yield openai.chunk(kind, rid, created, name, None if kind == "chat" else "", finish)
+        if usage:
+            yield openai.usage_chunk(kind, rid, created, name, len(row["input_ids"]), generated)
         yield openai.SSE_DONE
 
     async def _embeddings(self, body: dict) -> dict:

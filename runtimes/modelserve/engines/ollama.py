@@ -276,9 +276,9 @@ class OllamaOpenAI:
                 raise BadRequest("streaming takes one text prompt per request")
             parts = await self._call(c.generate, self.engine.tag, prompt=body["prompt"], raw=True, options=opts,
                                      keep_alive=KEEP_ALIVE, stream=True)
-        return self._chunks(kind, body.get("model", self.engine.name), parts)
+        return self._chunks(kind, body.get("model", self.engine.name), parts, openai.wants_usage(body))
 
-    async def _chunks(self, kind: str, model: str, parts) -> AsyncIterator[bytes]:
+    async def _chunks(self, kind: str, model: str, parts, usage: bool = False) -> AsyncIterator[bytes]:
         rid, created = openai.new_id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
         if kind == "chat":
             yield openai.chunk(kind, rid, created, model, "", role="assistant")
@@ -292,6 +292,9 @@ class OllamaOpenAI:
                 yield openai.chunk(kind, rid, created, model, text)
             if part.done:
                 yield openai.chunk(kind, rid, created, model, None if kind == "chat" else "", _finish(part.done_reason))
+                if usage:  # Ollama's last part carries the counts
+                    yield openai.usage_chunk(kind, rid, created, model, part.prompt_eval_count or 0,
+                                             part.eval_count or 0)
         yield openai.SSE_DONE
 
     async def _next(self, iterator):

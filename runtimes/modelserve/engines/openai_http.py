@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 import aiohttp
 import orjson
 
+from .. import tracing
 from ..errors import BadRequest, InternalError, Unavailable
 
 
@@ -84,18 +85,25 @@ class OpenAIUpstream:
 
     @staticmethod
     def _payload(body: Optional[dict], raw: Optional[bytes]) -> dict:
+        """The request's body and headers (the trace's ``traceparent`` too when MLServer traces)."""
         if raw is None and body is not None:
             raw = orjson.dumps(body)  # MLServer's own JSON library: several times faster than json
-        return {"data": raw, "headers": _JSON} if raw is not None else {}
+        if raw is None:
+            traced = tracing.headers()
+            return {"headers": traced} if traced else {}
+        return {"data": raw, "headers": tracing.headers(_JSON)}
 
     async def _call(self, method: str, path: str, body: Optional[dict] = None, raw: Optional[bytes] = None) -> bytes:
         """The engine's 200 body as bytes; its errors and a broken connection raised as ours."""
         self._check()
         try:
-            async with self._client().request(method, self._base_url() + path, **self._payload(body, raw)) as resp:
-                if resp.status != 200:
-                    await self._raise_for(resp)
-                return await resp.read()
+            with tracing.span("modelserve.engine", **{"http.request.method": method, "url.path": path,
+                                                      "modelserve.model": self.model}):
+                async with self._client().request(method, self._base_url() + path,
+                                                  **self._payload(body, raw)) as resp:
+                    if resp.status != 200:
+                        await self._raise_for(resp)
+                    return await resp.read()
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
 
@@ -114,7 +122,9 @@ class OpenAIUpstream:
         ``raw``, when given, is sent as the body instead of ``body`` re-encoded."""
         self._check()
         try:
-            resp = await self._client().post(self._base_url() + path, **self._payload(body, raw))
+            with tracing.span("modelserve.engine", **{"http.request.method": "POST", "url.path": path,
+                                                      "modelserve.model": self.model, "modelserve.stream": True}):
+                resp = await self._client().post(self._base_url() + path, **self._payload(body, raw))
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise self._on_connection_error(exc) from None
         if resp.status != 200:

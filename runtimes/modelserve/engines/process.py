@@ -74,6 +74,8 @@ class EngineProcess:
 
         self.state = "stopped"  # starting | ready | restarting | failed | stopped
         self.port = 0
+        self.on_ready: Optional[Callable[[], None]] = None
+        """called each time the engine is ready (a restart listens on a new port)"""
         self.restarts = 0  # restarts so far: what an operator (and the metrics) count, tests assert it
         self.failure: Optional[str] = None
         self._proc: Optional[subprocess.Popen] = None
@@ -188,6 +190,8 @@ class EngineProcess:
                 self._startup_seconds, self._spawned_at = time.monotonic() - started, 0.0
                 logger.info("model '%s': engine ready on port %d after %.1f s",
                             self.name, self.port, self._startup_seconds)
+                if self.on_ready is not None:
+                    self.on_ready()
                 return
             now = time.monotonic()
             if now > deadline:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .. import metrics
 from ..errors import ModelLoadError, Unavailable
 from .openai_http import OpenAIUpstream
 from .process import EngineProcess
@@ -45,6 +46,8 @@ class ServerEngine:
 
     what = "engine"
     models_path = "/v1/models"
+    metrics_path: Optional[str] = "/metrics"
+    """the engine's Prometheus metrics, re-exported on MLServer's metrics port (metrics.py); None: none"""
 
     def __init__(self, name: str, argv: Optional[Callable[[int], List[str]]], *, env: Dict[str, str], cwd: Path,
                  expected: Sequence[str], engine_url: Optional[str] = None, start_timeout: float = 600,
@@ -84,8 +87,14 @@ class ServerEngine:
             await self.stop()  # nothing half-started stays behind a failed load
             raise
 
+    def _metrics_at(self) -> None:
+        if self.metrics_path:
+            self._metrics_url = self.base_url() + self.metrics_path
+            metrics.engine_at(self.name, self._metrics_url)
+
     async def _start(self) -> None:
         if self.process is not None:
+            self.process.on_ready = self._metrics_at
             await self.process.start()
             return
         try:  # attached: the engine must already serve this model
@@ -100,8 +109,11 @@ class ServerEngine:
         if missing:
             raise ModelLoadError(self.name, f"engine_url {self._url} does not serve adapter '{missing[0]}' "
                                             f"(it serves {ids}): start it with --lora-modules {missing[0]}=<path>")
+        self._metrics_at()
 
     async def stop(self) -> None:
+        if getattr(self, "_metrics_url", None):  # a reload's new copy may already have registered its own
+            metrics.engine_gone(self.name, self._metrics_url)
         await self.upstream.close()
         if self.process is not None:
             await self.process.stop()

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .. import tracing
 from ..errors import ModelLoadError
 from .server import ServerEngine, find_command, flag
 
@@ -65,6 +66,9 @@ def serve_args(served_name: str, port: int, adapters: Dict[str, Path], ranks: Di
             argv += ["--max-lora-rank", str(next((r for r in _LORA_RANKS if r >= need), need))]
         if not flag(extra, "--max-loras"):
             argv += ["--max-loras", str(len(adapters))]
+    traces = tracing.endpoint()
+    if traces and not flag(extra, "--otlp-traces-endpoint"):  # MLServer's tracing_server: one trace across the hop
+        argv += ["--otlp-traces-endpoint", traces]
     return argv + list(extra)
 
 

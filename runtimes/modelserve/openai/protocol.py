@@ -104,7 +104,8 @@ def parse_detokenize(body: dict, vocab: int) -> List[int]:
 
 
 def sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data)}\n\n".encode()
+    """One SSE event, compact JSON as vLLM writes it (metrics read the chunks' bytes: openai/routes._guarded)."""
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -147,6 +148,19 @@ def chunk(kind: str, rid: str, created: int, model: str, text: Optional[str], fi
                     "choices": [choice]})
     return sse({"id": rid, "object": "text_completion", "created": created, "model": model,
                 "choices": [{"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}]})
+
+
+def wants_usage(body: dict) -> bool:
+    """``stream_options: {"include_usage": true}``: a stream ends with a chunk carrying ``usage`` (OpenAI's)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def usage_chunk(kind: str, rid: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+    """The last event of a stream that asked for ``include_usage``: no choices, the request's usage."""
+    return sse({"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                "created": created, "model": model, "choices": [],
+                "usage": usage(prompt_tokens, completion_tokens)})
 
 
 def embeddings_body(model: str, vectors, encoding_format: str, prompt_tokens: int) -> dict:

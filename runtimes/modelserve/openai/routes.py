@@ -13,6 +13,7 @@ protocol.py; this module is the HTTP side: the registry, the API key, the handle
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -24,9 +25,10 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from mlserver.errors import MLServerError
 
+from .. import metrics, tracing
 from ..errors import Unavailable, one_line
 from ..mlserver_compat import add_custom_handler, raw_body
-from .protocol import OpenAIError, parse_form
+from .protocol import OpenAIError, parse_form, wants_usage
 
 logger = logging.getLogger("mlserver.modelserve.openai")
 
@@ -127,9 +129,38 @@ def check_key(authorization: str) -> None:
                           type_="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
+GENERATION_KINDS = ("completions", "chat")
+
+
 async def handle(kind: str, raw: bytes, authorization: str = "", content_type: str = "") -> Any:
     """One OpenAI request: the key, the body, the model looked up in the registry, its ``openai_call``
-    (``Runtime.openai_call``: counted and timed like V2), and the answer as JSON, text or an SSE stream."""
+    (``Runtime.openai_call``: counted in flight, within request_timeout), and the answer as JSON, text or an SSE
+    stream. Counted in metrics.py once the model is known (an unknown model makes no series)."""
+    meter: List[Any] = []  # [metrics.Request, metrics.Generation or None] once the model is known
+    try:
+        response = await _handle(kind, raw, authorization, content_type, meter)
+    except BaseException as exc:  # cancelled: the client left
+        if meter:
+            _finish(meter, metrics.outcome(exc))
+        raise
+    if meter and not isinstance(response, StreamingResponse):
+        _finish(meter, metrics.status_class(response.status_code))
+    return response
+
+
+def _finish(meter: List[Any], code: str, usage: Any = None) -> None:
+    request, generation = meter
+    request.done(code)
+    if generation is not None:
+        if code != "2xx":
+            generation.failed()
+        elif isinstance(usage, dict):
+            generation.done(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        else:
+            generation.done()
+
+
+async def _handle(kind: str, raw: bytes, authorization: str, content_type: str, meter: List[Any]) -> Any:
     try:
         check_key(authorization)
         if kind == "models":
@@ -147,6 +178,12 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
             if not isinstance(body, dict):
                 raise OpenAIError("the body must be a JSON object")
         served, model_id = lookup(body.get("model"))
+        adapter = model_id if model_id != served.name else ""
+        stream = body.get("stream", False)
+        generation = None
+        if kind in GENERATION_KINDS:
+            generation = metrics.Generation(served.name, adapter, streamed=stream is True)
+        meter[:] = [metrics.Request(served.name, "openai", kind, adapter), generation]
         if not served.openai_supports(kind):
             serves = [PATHS[k] for k in PATHS if k != "models" and served.openai_supports(k)]
             raise OpenAIError(f"model '{model_id}' does not serve {PATHS[kind]} (it serves: {', '.join(serves)})",
@@ -154,34 +191,130 @@ async def handle(kind: str, raw: bytes, authorization: str = "", content_type: s
         if kind in AUDIO_KINDS:
             if not raw:
                 raise OpenAIError("'file' is required: the audio file, as a multipart part named file", param="file")
-            result = await served.openai_call(kind, body, model_id, raw)
+            with tracing.span("modelserve.openai", **{"modelserve.model": served.name, "modelserve.route": kind}):
+                result = await served.openai_call(kind, body, model_id, raw)
             if isinstance(result, str):
                 media = {"srt": "application/x-subrip", "vtt": "text/vtt"}.get(body.get("response_format"), "text/plain")
                 return Response(content=result, media_type=media)
             return JSONResponse(result)
-        stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise OpenAIError(f"'stream' must be true or false, got {stream!r}", param="stream")
-        result = await served.openai_call(kind, body, model_id, raw)
+        hidden_usage = False
+        if stream and generation is not None and not wants_usage(body):
+            # the counts come in the stream's last chunk: asked for here, and that chunk not passed on
+            options = body.get("stream_options")
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            raw, hidden_usage = None, True
+        with tracing.span("modelserve.openai", **{"modelserve.model": served.name, "modelserve.route": kind}):
+            result = await served.openai_call(kind, body, model_id, raw)
         if stream and kind != "embeddings":
-            return StreamingResponse(_guarded(result), media_type="text/event-stream",
+            return StreamingResponse(_guarded(result, meter, hidden_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         if isinstance(result, (bytes, bytearray)):
+            if meter:
+                _counted(kind, body, meter, _usage_of(result))
             return Response(content=bytes(result), media_type="application/json")
+        if meter:
+            _counted(kind, body, meter, result.get("usage") if isinstance(result, dict) else None)
         return JSONResponse(result)
     except Exception as exc:  # noqa: BLE001 - every failure becomes an OpenAI error body
         err = _as_openai_error(exc)
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Once streaming has begun the status is sent: a failure becomes a final error event."""
+def _counted(kind: str, body: dict, meter: List[Any], usage: Any) -> None:
+    """The LLM side of an answered (non-streamed) call; the request itself is counted by handle()."""
+    request, generation = meter
+    if generation is not None:
+        meter[1] = None
+        _finish([_NOOP, generation], "2xx", usage)
+    elif kind in EMBEDDING_INPUTS:
+        given = body.get(EMBEDDING_INPUTS[kind])
+        count = 1 if isinstance(given, str) else len(given) if isinstance(given, list) else 0
+        tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0) if isinstance(usage, dict) else 0
+        metrics.embedded(request.labels[0], request.labels[1], count, tokens)
+
+
+EMBEDDING_INPUTS = {"embeddings": "input", "rerank": "documents", "score": "text_2"}
+"""the kinds counted as embedding inputs, and the field that holds them"""
+
+
+class _Noop:
+    def done(self, code: str) -> None:
+        pass
+
+
+_NOOP = _Noop()
+
+
+def _usage_of(answer: bytes) -> Any:
+    """The ``usage`` object of an engine's JSON answer, read without parsing the rest (it is near the end)."""
+    at = answer.rfind(b'"usage":')
+    if at < 0:
+        return None
     try:
-        async for chunk in chunks:
-            yield chunk
+        return json.JSONDecoder().raw_decode(answer[at + 8:].decode("utf-8", "replace").lstrip())[0]
+    except ValueError:
+        return None
+
+
+async def _guarded(chunks: AsyncIterator[bytes], meter: List[Any], hidden_usage: bool = False) -> AsyncIterator[bytes]:
+    """Once streaming has begun the status is sent: a failure becomes a final error event. Each chunk with
+    text counts as a token for the timings; the usage chunk gives the counts (not passed on when the client
+    did not ask for it)."""
+    generation = meter[1] if meter else None
+    found = {}
+    code = "5xx"
+    try:
+        if generation is None:
+            async for chunk in chunks:
+                yield chunk
+        else:  # an engine's bytes come as they arrive, not an event at a time: read whole events
+            pending = b""
+            async for chunk in chunks:
+                pending += chunk
+                end = pending.rfind(b"\n\n") + 2
+                if end < 2:
+                    continue
+                ready, pending = pending[:end], pending[end:]
+                kept = _metered(ready, generation, found, hidden_usage)
+                if kept:
+                    yield kept
+            if pending:
+                yield _metered(pending, generation, found, hidden_usage) or b""
+        code = "2xx"
+    except (GeneratorExit, asyncio.CancelledError):
+        # a client that read [DONE] and closed before the engine's stream ended got the whole answer
+        code = "2xx" if found.get("done") else "cancelled"
+        raise
     except Exception as exc:  # noqa: BLE001
         err = _as_openai_error(exc)
+        code = metrics.status_class(err.status)
         yield f"data: {json.dumps({'error': {'message': str(err), 'type': err.type, 'code': err.status}})}\n\n".encode()
+    finally:
+        if meter:
+            _finish(meter, code, found.get("usage"))
+
+
+def _metered(events: bytes, generation: Any, found: dict, hidden_usage: bool) -> bytes:
+    """Whole SSE events of a generation stream: each with text is a token for the timings; the usage event
+    gives the counts (``found["usage"]``) and is dropped when the client did not ask for it."""
+    kept = []
+    for event in events.split(b"\n\n"):
+        if not event:
+            continue
+        if event.startswith(b"data: [DONE]"):
+            found["done"] = True
+        elif event.startswith(b"data: {"):
+            if b'"usage":{' in event and b'"choices":[]' in event:
+                found["usage"] = _usage_of(event)
+                if hidden_usage:
+                    continue
+            elif b'"text":""' not in event and (b'"content":' in event or b'"text":' in event) \
+                    and b'"content":""' not in event and b'"content":null' not in event:
+                generation.token()
+        kept.append(event + b"\n\n")
+    return b"".join(kept)
 
 
 def add_routes(model: Any) -> None:
