@@ -4,7 +4,10 @@ life says (the server tests check the same against real scrapes)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import prometheus_client
@@ -65,3 +68,16 @@ def test_outcomes_are_status_classes():
                  code="4xx") == 1
     assert value("modelserve_requests_total", model="unit-req", adapter="", protocol="v1", endpoint="predict",
                  code="2xx") == 0
+
+
+def test_modelserve_metrics_0_records_nothing():
+    code = ("import prometheus_client\nfrom modelserve import metrics\n"
+            "metrics.Request('off-model', 'v1', 'predict').done('2xx')\n"
+            "metrics.Generation('off-model').done(3, 4)\n"
+            "print(prometheus_client.REGISTRY.get_sample_value('modelserve_requests_total', {'model': 'off-model', "
+            "'adapter': '', 'protocol': 'v1', 'endpoint': 'predict', 'code': '2xx'}))\n")
+    for setting, expected in (("0", "None"), ("1", "1.0")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "MODELSERVE_METRICS": setting})
+        assert out.returncode == 0, out.stderr[-1000:]
+        assert out.stdout.strip().splitlines()[-1] == expected, (setting, out.stdout)

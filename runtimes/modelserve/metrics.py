@@ -126,12 +126,6 @@ def child(name: str, *labels: str):
     return found
 
 
-def forget(model: str) -> None:
-    """Drops the cached children of an unloaded model (the series stay in the scrape, as MLServer's do)."""
-    for key in [k for k in _children if len(k) > 1 and k[1] == model]:
-        del _children[key]
-
-
 def outcome(exc: Optional[BaseException]) -> str:
     """The ``code`` label of a request that ended with ``exc`` (None: answered)."""
     if exc is None:

@@ -55,6 +55,7 @@ class ServerEngine:
                  api_key: Optional[str] = None, health_path: str = "/health"):
         self.name = name
         self.expected = list(expected)
+        self._metrics_url: Optional[str] = None  # where metrics.py was told this engine's metrics are
         self.process: Optional[EngineProcess] = None
         self._tmp: Optional[str] = None
         self._url = engine_url.rstrip("/") if engine_url else None
@@ -112,7 +113,7 @@ class ServerEngine:
         self._metrics_at()
 
     async def stop(self) -> None:
-        if getattr(self, "_metrics_url", None):  # a reload's new copy may already have registered its own
+        if self._metrics_url:  # a reload's new copy may already have registered its own
             metrics.engine_gone(self.name, self._metrics_url)
         await self.upstream.close()
         if self.process is not None:

@@ -152,12 +152,17 @@ def _finish(meter: List[Any], code: str, usage: Any = None) -> None:
     request, generation = meter
     request.done(code)
     if generation is not None:
-        if code != "2xx":
-            generation.failed()
-        elif isinstance(usage, dict):
-            generation.done(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-        else:
-            generation.done()
+        _generated(generation, code, usage)
+
+
+def _generated(generation: Any, code: str, usage: Any) -> None:
+    """A generation's end: failed unless ``code`` is 2xx, else its counts from ``usage`` when given."""
+    if code != "2xx":
+        generation.failed()
+    elif isinstance(usage, dict):
+        generation.done(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    else:
+        generation.done()
 
 
 async def _handle(kind: str, raw: bytes, authorization: str, content_type: str, meter: List[Any]) -> Any:
@@ -226,8 +231,8 @@ def _counted(kind: str, body: dict, meter: List[Any], usage: Any) -> None:
     """The LLM side of an answered (non-streamed) call; the request itself is counted by handle()."""
     request, generation = meter
     if generation is not None:
-        meter[1] = None
-        _finish([_NOOP, generation], "2xx", usage)
+        meter[1] = None  # ended here: handle() then counts the request alone
+        _generated(generation, "2xx", usage)
     elif kind in EMBEDDING_INPUTS:
         given = body.get(EMBEDDING_INPUTS[kind])
         count = 1 if isinstance(given, str) else len(given) if isinstance(given, list) else 0
@@ -237,14 +242,6 @@ def _counted(kind: str, body: dict, meter: List[Any], usage: Any) -> None:
 
 EMBEDDING_INPUTS = {"embeddings": "input", "rerank": "documents", "score": "text_2"}
 """the kinds counted as embedding inputs, and the field that holds them"""
-
-
-class _Noop:
-    def done(self, code: str) -> None:
-        pass
-
-
-_NOOP = _Noop()
 
 
 def _usage_of(answer: bytes) -> Any:
