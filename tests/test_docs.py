@@ -41,7 +41,7 @@ PUBLIC_CLASSES = [
     "modelserve.huggingface.HuggingFaceOptions",
     "modelserve.kubeai.KubeAIOptions",
     "modelserve.kubeai.Scaling",
-    "modelserve.kubeai.AdapterSpec",
+    "modelserve.adapters.AdapterSpec",
     "modelserve.kubeai.FileSpec",
 ]
 

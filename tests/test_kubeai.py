@@ -11,7 +11,7 @@ import pytest
 from mlserver.settings import ModelParameters, ModelSettings
 
 from modelserve.codecs.params import sampling_body
-from modelserve.engines.vllm import launch, serve_args
+from modelserve.engines.vllm import LoraLimits, launch, serve_args
 from modelserve.engines.workdir import write_files
 from modelserve.errors import BadRequest, ModelLoadError
 from modelserve.kubeai import KubeAIRuntime
@@ -174,14 +174,29 @@ def test_unknown_options_are_refused_naming_the_known_ones(tmp_path):
 
 
 def test_serve_args_add_lora_and_let_user_args_win(tmp_path):
-    argv = serve_args("llm", 1234, {"a": tmp_path / "a"}, {"a": 12}, False, ["--max-model-len", "512"])
+    argv = serve_args("llm", 1234, {"a": tmp_path / "a"}, False, ["--max-model-len", "512"],
+                      LoraLimits([12], None, None, runtime=False))
     assert argv[argv.index("--port") + 1] == "1234"
     assert argv[argv.index("--served-model-name") + 1] == "llm"
     assert f"a={tmp_path / 'a'}" in argv and argv[argv.index("--max-lora-rank") + 1] == "16"
+    assert argv[argv.index("--max-loras") + 1] == "1"
     assert argv[-2:] == ["--max-model-len", "512"]
-    pooled = serve_args("e", 1, {}, {}, True, [])
+    pooled = serve_args("e", 1, {}, True, [])
     assert pooled[pooled.index("--runner") + 1] == "pooling" and "--enable-lora" not in pooled
-    assert "--runner" not in serve_args("e", 1, {}, {}, True, ["--runner=generate"])[:-1]
+    assert "--runner" not in serve_args("e", 1, {}, True, ["--runner=generate"])[:-1]
+
+
+def test_lora_limits_for_run_time_adapters():
+    # no static adapter: LoRA on with room for rank-16 adapters; the options win, rounded up to vLLM's ranks
+    argv = serve_args("llm", 1, {}, False, [], LoraLimits([], None, None, runtime=True))
+    assert "--enable-lora" in argv and "--lora-modules" not in argv
+    assert argv[argv.index("--max-lora-rank") + 1] == "16" and argv[argv.index("--max-loras") + 1] == "1"
+    limits = LoraLimits([8, 8], max_loras=4, max_rank=40, runtime=True)
+    assert (limits.max_rank, limits.max_loras) == (64, 4)
+    assert LoraLimits([8, 8], None, None, runtime=False).max_rank == 8
+    # the user's own --max-lora-rank wins over ours
+    argv = serve_args("llm", 1, {}, False, ["--max-lora-rank", "32"], limits)
+    assert argv.count("--max-lora-rank") == 1 and argv[-1] == "32"
 
 
 def test_the_engine_command_is_the_vllm_cli_or_a_python(tmp_path):

@@ -15,6 +15,7 @@ from typing import List, Optional
 from pydantic import Field
 
 from . import storage
+from .adapters import AdapterHost, AdapterSpec, resolve_folder
 from .backends import Backend
 from .backends.engine import GENERATION_KINDS, TOKENIZE_KINDS, EngineBackend
 from .engines import vllm
@@ -76,6 +77,11 @@ class HuggingFaceOptions(RuntimeOptions):
     """Backend VLLM: extra vLLM arguments, after ours (e.g. --gpu-memory-utilization 0.8)."""
     start_timeout: float = Field(default=600, gt=0)
     """Backend VLLM: seconds the engine may take to answer."""
+    adapters: List[AdapterSpec] = Field(default_factory=list)
+    """text_generation: LoRA adapters, each {name, url} (url as parameters.uri takes it); a request picks one by
+    parameter `adapter` (V2) or OpenAI `model`, without one it gets the base model. Transformers: PEFT."""
+    runtime_adapters: bool = False
+    """text_generation: adapters may be loaded and unloaded while the model serves (/v2/models/{name}/adapters)."""
     tensor_input_names: Optional[List[str]] = Field(default=None, min_length=1)
     """Encoder tasks: requests may send these INT64/INT32 [n, seq] tensors (e.g. input_ids, attention_mask)
     instead of text; they go to the model's forward() as they are, without the tokenizer."""
@@ -88,7 +94,7 @@ NOT_FOR_VLLM = ("disable_lower_case", "disable_special_tokens", "return_token_ty
 """Options with no vLLM equivalent: set with backend VLLM they fail the load rather than do nothing."""
 
 
-class HuggingFaceRuntime(Runtime):
+class HuggingFaceRuntime(AdapterHost, Runtime):
     """Serves a transformers model folder: one BYTES input of texts (or token tensors), V2 and OpenAI routes."""
 
     options_class = HuggingFaceOptions
@@ -110,15 +116,33 @@ class HuggingFaceRuntime(Runtime):
             repo_id, _ = storage.parse_hf(self.name, uri)
             tokenizer_path = await asyncio.to_thread(storage.hf_snapshot, self.name, repo_id,
                                                      opts.tokenizer_revision, TOKENIZER_FILES)
+        names = [a.name for a in opts.adapters]
+        if len(set(names)) < len(names):
+            raise ModelLoadError(self.name, f"adapter name '{next(n for n in names if names.count(n) > 1)}' is "
+                                            "used twice")
+        adapters = {a.name: await self._adapter_path(a) for a in opts.adapters}
         if self._choose(path) == BackendChoice.VLLM:
             self.task = self._config_task(path)
-            self.backend = await self._vllm(path, tokenizer_path, self.task)
+            self._adapters_fit(self.task)
+            self.backend = await self._vllm(path, tokenizer_path, self.task, adapters)
         else:
             from .backends.transformers import TransformersBackend
 
             self.backend = await asyncio.to_thread(TransformersBackend.load, self.name, self.version, opts, path,
-                                                   tokenizer_path)
+                                                   tokenizer_path, adapters)
             self.task = self.backend.task
+
+    def _adapters_fit(self, task: Optional[Task]) -> None:
+        opts: HuggingFaceOptions = self.options
+        used = "adapters" if opts.adapters else "runtime_adapters" if opts.runtime_adapters else None
+        if used and task != Task.TEXT_GENERATION:
+            raise ModelLoadError(self.name, f"option '{used}' is for task text_generation (LoRA adapters); this "
+                                            f"model's task is {task.value if task else 'unknown'}")
+
+    async def _adapter_path(self, spec: AdapterSpec) -> Path:
+        opts: HuggingFaceOptions = self.options
+        return await resolve_folder(self.name, self.settings, spec.url, f"adapter '{spec.name}'",
+                                    cache_dir=opts.cache_dir, pvc_root=opts.pvc_root)
 
     def _config_task(self, path: Path) -> Optional[Task]:
         try:
@@ -139,7 +163,7 @@ class HuggingFaceRuntime(Runtime):
             return BackendChoice.VLLM
         return BackendChoice.HUGGINGFACE
 
-    async def _vllm(self, path: Path, tokenizer_path: Path, task: Optional[Task]) -> Backend:
+    async def _vllm(self, path: Path, tokenizer_path: Path, task: Optional[Task], adapters: dict) -> Backend:
         """The shared engine backend over vLLM (engines/vllm.py), with this runtime's options as vLLM arguments."""
         opts: HuggingFaceOptions = self.options
         if task not in (Task.TEXT_GENERATION, Task.TEXT_EMBEDDING, Task.TEXT_RERANKING):
@@ -162,11 +186,13 @@ class HuggingFaceRuntime(Runtime):
                 args += ["--max-log-len", str(opts.max_log_len)]
         embedding, reranking = task == Task.TEXT_EMBEDDING, task == Task.TEXT_RERANKING
         engine = vllm.VLLMEngine(
-            self.name, path, adapters={}, args=[*args, *opts.engine_args], env={},
+            self.name, path, adapters=adapters, args=[*args, *opts.engine_args], env={},
             cwd=workdir(self.name, opts.cache_dir), pooling=embedding or reranking,
-            engine_command=opts.engine_command, start_timeout=opts.start_timeout, on_failed=self._backend_failed)
+            engine_command=opts.engine_command, start_timeout=opts.start_timeout, on_failed=self._backend_failed,
+            runtime_adapters=opts.runtime_adapters)
         await engine.start()
         return EngineBackend(self.name, self.version, engine, embedding=embedding,
+                             adapters={a.name: a.url for a in opts.adapters},
                              max_tokens=opts.max_new_tokens, max_tokens_limit=opts.max_new_tokens_limit,
                              reranking="vllm" if reranking else None,
                              openai_kinds=GENERATION_KINDS | TOKENIZE_KINDS if task == Task.TEXT_GENERATION else None)

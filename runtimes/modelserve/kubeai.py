@@ -3,7 +3,6 @@ supervised engine process, on V2 (infer, generate, streams) and the OpenAI route
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Awaitable, Callable, Dict, List, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from . import storage
+from .adapters import AdapterHost, AdapterSpec, resolve_folder
 from .backends import Backend
 from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, TOKENIZE_KINDS, EngineBackend
 from .engines.workdir import workdir, write_files
@@ -39,13 +39,6 @@ _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AdapterSpec(_Strict):
-    name: str = Field(max_length=63, pattern=r"^[a-z0-9-]+$")
-    """As KubeAI: lowercase letters, digits and dashes. Requests pick it by parameter `adapter` or OpenAI `model`."""
-    url: str
-    """The adapter's PEFT folder, resolved like the model's url (hf://, s3://, pvc://, store://, local path)."""
 
 
 class FileSpec(_Strict):
@@ -121,7 +114,17 @@ class KubeAIOptions(RuntimeOptions):
     url: Optional[str] = None
     """The model: hf://org/name[@rev], s3://, pvc://, store://, file:// or a local path; default parameters.uri."""
     adapters: List[AdapterSpec] = Field(default_factory=list)
-    """LoRA adapters (VLLM only), each {name, url}; url is resolved like the model's url."""
+    """LoRA adapters (VLLM only), each {name, url}; url is resolved like the model's url. Checked against the
+    model's weights at load (an adapter for another base model is a load error naming the layer)."""
+    runtime_adapters: bool = False
+    """VLLM generation: adapters may be loaded and unloaded while the model serves (POST/DELETE
+    /v2/models/{name}/adapters, vLLM's /v1/load_lora_adapter; adapters.py); the engine starts with LoRA on."""
+    max_loras: Optional[int] = Field(default=None, ge=1)
+    """VLLM: adapters in one batch (vLLM's --max-loras; more loaded ones take turns); default: the static
+    adapters' count, at least 1."""
+    max_lora_rank: Optional[int] = Field(default=None, ge=1)
+    """VLLM: the largest adapter rank the engine takes (its --max-lora-rank, fixed at start); default: the
+    static adapters' largest, at least 16 with runtime_adapters. A larger adapter loaded later is a 400."""
     args: List[str] = Field(default_factory=list)
     """Extra engine command-line arguments, after ours (so they win)."""
     env: Dict[str, str] = Field(default_factory=dict)
@@ -169,7 +172,7 @@ class KubeAIOptions(RuntimeOptions):
         return self
 
 
-class KubeAIRuntime(Runtime):
+class KubeAIRuntime(AdapterHost, Runtime):
     """One engine per model: vLLM and Infinity as supervised servers, Ollama through its client, FasterWhisper
     in-process (``ENGINES``). Load it with ``parallel_workers: 0`` in model-settings.json so that the engine
     starts once (not once per MLServer worker) and streams reach the client."""
@@ -185,6 +188,10 @@ class KubeAIRuntime(Runtime):
         if bad:
             raise ModelLoadError(self.name, f"engine {opts.engine.value} does not support feature {bad[0]} "
                                             f"(it supports: {', '.join(sorted(f.value for f in supported))})")
+        lora = [k for k in ("runtime_adapters", "max_loras", "max_lora_rank") if getattr(opts, k)]
+        if lora and opts.engine != Engine.VLLM:
+            raise ModelLoadError(self.name, f"option '{lora[0]}' is for engine VLLM (LoRA adapters), not "
+                                            f"{opts.engine.value}")
         if multiprocessing_worker():
             logger.warning("model '%s' is loaded in an MLServer worker process: every worker starts its own engine "
                            "and streams cannot reach clients; set \"parallel_workers\": 0 in its model-settings.json",
@@ -201,13 +208,19 @@ class KubeAIRuntime(Runtime):
         model_path = await self._resolve(self._model_url(), "url")
         return model_path, {a.name: await self._resolve(a.url, f"adapter '{a.name}'") for a in opts.adapters}
 
+    async def _adapter_path(self, spec: AdapterSpec) -> Path:
+        """A run-time adapter's folder, resolved as the static ones are (an attached engine reads the url itself)."""
+        if self.options.engine_url is not None:
+            return Path(spec.url)
+        return await self._resolve(spec.url, f"adapter '{spec.name}'")
+
     def _engine_options(self, folder: Path) -> dict:
         opts: KubeAIOptions = self.options
         return dict(args=opts.args, env=opts.env, cwd=folder, engine_command=opts.engine_command,
                     engine_url=opts.engine_url, start_timeout=opts.start_timeout, max_restarts=opts.max_restarts,
                     on_failed=self._backend_failed)
 
-    def _engine_backend(self, engine, embedding: bool, adapters=(), openai_kinds=None,
+    def _engine_backend(self, engine, embedding: bool, adapters=None, openai_kinds=None,
                         reranking: Optional[str] = None) -> EngineBackend:
         opts: KubeAIOptions = self.options
         return EngineBackend(self.name, self.version, engine, embedding=embedding, adapters=adapters,
@@ -221,15 +234,20 @@ class KubeAIRuntime(Runtime):
             raise ModelLoadError(self.name, "vLLM runs one model for generation, embeddings or reranking: list one "
                                             "of TextGeneration, TextEmbedding, Reranking (serve the model twice for "
                                             "two)")
+        opts: KubeAIOptions = self.options
         model_path, adapters = await self._model_and_adapters()
         embedding, reranking = Feature.TEXT_EMBEDDING in self.features, Feature.RERANKING in self.features
         if reranking and adapters:
             raise ModelLoadError(self.name, "feature Reranking takes no adapters (LoRA adapters are for generation)")
+        lora = dict(runtime_adapters=opts.runtime_adapters, max_loras=opts.max_loras, max_lora_rank=opts.max_lora_rank)
+        if (embedding or reranking) and any(lora.values()):
+            raise ModelLoadError(self.name, f"option '{next(k for k, v in lora.items() if v)}' is for TextGeneration "
+                                            "(LoRA adapters are for generation)")
         engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding or reranking,
-                            **self._engine_options(folder))
+                            **self._engine_options(folder), **lora)
         await engine.start()
         kinds = GENERATION_KINDS | TOKENIZE_KINDS if not (embedding or reranking) else None
-        return self._engine_backend(engine, embedding, list(adapters), openai_kinds=kinds,
+        return self._engine_backend(engine, embedding, {a.name: a.url for a in opts.adapters}, openai_kinds=kinds,
                                     reranking="vllm" if reranking else None)
 
     async def _infinity(self, folder: Path) -> Backend:
@@ -297,17 +315,10 @@ class KubeAIRuntime(Runtime):
 
     async def _resolve(self, url: str, what: str) -> Path:
         opts: KubeAIOptions = self.options
-        scheme = storage.split_uri(url)[0]
-        if scheme == "ollama":
+        if storage.split_uri(url)[0] == "ollama":
             raise ModelLoadError(self.name, f"{what}: ollama:// URLs are for engine OLlama, not {opts.engine.value}")
-        try:
-            path = await asyncio.to_thread(storage.resolve_uri, self.settings, url, cache_dir=opts.cache_dir,
-                                           pvc_root=opts.pvc_root, store_root=opts.store_root, schemes=URL_SCHEMES)
-        except ModelLoadError as exc:
-            raise ModelLoadError(self.name, f"{what}: {exc.reason}") from None
-        if not path.is_dir():
-            raise ModelLoadError(self.name, f"{what}: {path} is not a folder (expected a model folder)")
-        return path
+        return await resolve_folder(self.name, self.settings, url, what, cache_dir=opts.cache_dir,
+                                    pvc_root=opts.pvc_root, store_root=opts.store_root, schemes=URL_SCHEMES)
 
 
 ENGINES: Dict[Engine, Callable[[KubeAIRuntime, Path], Awaitable[Backend]]] = {

@@ -71,6 +71,23 @@ def test_text_examples_answer(examples):
     assert gen.status_code == 200, gen.text
 
 
+def test_the_documented_adapter_calls_on_the_llama_example(examples):
+    """docs/adapters.md's curl calls: the example's adapter folder loaded again under another name (relative to
+    the model's folder), answering as the static one does, then unloaded."""
+    url = f"{examples.url}/v2/models/tiny-llama/adapters"
+    r = requests.post(url, json={"name": "support-bot", "url": "./adapter"}, timeout=120)
+    assert r.status_code == 201, r.text
+    try:
+        assert {a["name"]: a["source"] for a in requests.get(url, timeout=30).json()["adapters"]} == {
+            "tiny-lora": "settings", "support-bot": "runtime"}
+        texts = [requests.post(f"{examples.url}/v1/completions", timeout=120, json={
+            "model": m, "prompt": "Once upon", "max_tokens": 6, "temperature": 0}).json()["choices"][0]["text"]
+            for m in ("tiny-lora", "support-bot")]
+        assert texts[0] == texts[1], texts
+    finally:
+        assert requests.delete(url + "/support-bot", timeout=60).status_code == 200
+
+
 def test_rerank_example_ranks_documents(examples):
     docs = ["It answers inference requests.", "Bananas are yellow.", "A server of models."]
     r = requests.post(f"{examples.url}/v1/rerank", json={"model": "tiny-rerank", "query": "what does a model server do",

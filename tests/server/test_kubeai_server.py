@@ -16,59 +16,11 @@ import requests
 
 from ..support.engine_envs import engine_command
 from ..support.harness import Server, eventually, grpc, grpc_stream, write_model
-from ..support.hf_models import minilm_dir
-from ..support.llama_models import build_lora, build_tiny_llama
 from ..support.processes import descendants, pids_mentioning, wait_gone
 from ..support.runtimes import text_body
+from .conftest import CPU_ARGS, PROMPT, kubeai_settings
 
 openai = pytest.importorskip("openai")
-
-KUBEAI = "modelserve.kubeai.KubeAIRuntime"
-HF = "modelserve.huggingface.HuggingFaceRuntime"
-# CPU: a 64 MB KV cache (vLLM would reserve 16 GB), float32 so outputs match transformers exactly
-CPU_ARGS = ["--max-model-len", "512", "--kv-cache-memory-bytes", "64M", "--dtype", "float32"]
-PLAIN_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-PROMPT = "The quick brown fox"
-
-
-@pytest.fixture(scope="session")
-def llama(tmp_path_factory) -> dict:
-    art = tmp_path_factory.mktemp("llama-art")
-    base = build_tiny_llama(art / "llama")
-    return {"base": base, "a": build_lora(art / "lora-a", base, 1), "b": build_lora(art / "lora-b", base, 2)}
-
-
-def kubeai_settings(llama: dict, **extra) -> dict:
-    return {"implementation": KUBEAI, "parallel_workers": 0,
-            "parameters": {"extra": {"engine": "VLLM", "url": str(llama["base"]), "args": CPU_ARGS,
-                                     "start_timeout": 240, **extra}}}
-
-
-@pytest.fixture(scope="session")
-def llm_server(tmp_path_factory, llama):
-    """vLLM for generation (two adapters, a chat template from `files`) and for embeddings, in one
-    mlserver (parallel_workers 0: streams reach the client; gzip off: MLServer buffers V2 streams)."""
-    command = engine_command("MODELSERVE_VLLM_COMMAND")
-    root = tmp_path_factory.mktemp("kubeai-server")
-    write_model(root, "llm", kubeai_settings(
-        llama, adapters=[{"name": "lora-a", "url": str(llama["a"])}, {"name": "lora-b", "url": str(llama["b"])}],
-        files=[{"path": "templates/plain.jinja", "content": PLAIN_TEMPLATE}],
-        args=[*CPU_ARGS, "--chat-template", "templates/plain.jinja"], max_tokens_limit=64,
-        cache_dir=str(root / "cache")))
-    write_model(root, "llm-embed", kubeai_settings(llama, features=["TextEmbedding"], cache_dir=str(root / "cache")))
-    # the other flavour on the same routes: HuggingFaceRuntime on vLLM (the shared adapter) and on transformers
-    write_model(root, "hf-vllm", {"implementation": HF, "parameters": {"uri": str(llama["base"]), "extra": {
-        "backend": "VLLM", "dtype": "FLOAT32", "max_length": 512, "engine_args": CPU_ARGS[2:4],
-        "cache_dir": str(root / "cache")}}})
-    write_model(root, "hf-llama", {"implementation": HF, "parameters": {"uri": str(llama["base"]), "extra": {
-        "backend": "HUGGINGFACE", "task": "text_generation"}}})
-    write_model(root, "minilm", {"implementation": HF, "parameters": {"uri": str(minilm_dir())}})
-    srv = Server(root, parallel_workers=0, extra={"gzip_enabled": False},
-                 env={"MODELSERVE_VLLM_COMMAND": command, "HF_HUB_OFFLINE": "1"}).start(timeout=400)
-    srv.client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
-    yield srv
-    srv.stop()
-
 
 def complete(srv, model="llm", prompt=PROMPT, max_tokens=8, **kw):
     return srv.client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, **kw)
@@ -280,7 +232,12 @@ def test_bad_requests_to_huggingface_models_are_400(llm_server, body, fragment):
 
 # -- the engine process --------------------------------------------------------------------------------
 def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llama):
+    """...and an adapter loaded at run time is served again by the restarted engine."""
     before = complete(llm_server, "lora-a").choices[0].text
+    r = requests.post(llm_server.url + "/v2/models/llm/adapters", json={"name": "lora-kept", "url": str(llama["c"])},
+                      timeout=120)
+    assert r.status_code == 201, r.text
+    kept = complete(llm_server, "lora-kept").choices[0].text
     ours = set(descendants(llm_server.proc.pid))
     servers = [p for p in pids_mentioning("--served-model-name llm ") if p in ours and "guard.py" not in
                Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
@@ -304,12 +261,13 @@ def test_engine_killed_gives_503_with_retry_after_then_recovers(llm_server, llam
     real = time.monotonic() - first_at
     assert 0.5 * real - 5 <= first <= 3 * real + 10, (first, real, said)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == before
+    assert complete(llm_server, "lora-kept").choices[0].text == kept
     v2r = llm_server.infer("llm", text_body([PROMPT], name="prompt", max_tokens=2))
     assert v2r.status_code == 200
     assert requests.get(llm_server.url + "/v2/models/llm/ready", timeout=5).status_code == 200
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.extended)])
 def test_no_engine_process_survives_mlserver(tmp_path, llama, sig):
     """Default parallel workers with the model in-process (model-level parallel_workers 0)."""
     command = engine_command("MODELSERVE_VLLM_COMMAND")

@@ -17,9 +17,10 @@ from ..support.engine_envs import engine_command
 from ..support.harness import Server, eventually, write_model
 from ..support.models import IRIS_ROWS as ROWS
 from ..support.runtimes import v2
-from .test_kubeai_server import PROMPT, kubeai_settings, llama  # noqa: F401 - llama: the session fixture
+from .conftest import PROMPT, kubeai_settings
 
 openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.extended  # a vLLM engine of its own (tracing is set at MLServer's start): ~2 min
 
 
 class Receiver:

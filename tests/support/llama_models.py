@@ -78,7 +78,7 @@ def build_tokenizer(target: Path):
     return fast
 
 
-def build_tiny_llama(target: Path) -> Path:
+def build_tiny_llama(target: Path, hidden_size: int = 128) -> Path:
     """A random-weight LlamaForCausalLM (hidden 128, 2 layers, 4 heads x 32, 2 KV heads), float32
     safetensors. head_dim 32 because vLLM's CPU attention kernel rejects 16; float32 because every CPU
     runs it, and with `--dtype float32` vLLM's greedy output then equals transformers' (its default,
@@ -90,8 +90,9 @@ def build_tiny_llama(target: Path) -> Path:
     tokenizer = build_tokenizer(target)
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
            "pad_token_id": tokenizer.pad_token_id}
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=hidden_size // 32, num_key_value_heads=2,
+                         head_dim=32,
                          max_position_embeddings=2048, tie_word_embeddings=False, dtype="float32",
                          **ids)
     torch.manual_seed(0)
@@ -101,8 +102,8 @@ def build_tiny_llama(target: Path) -> Path:
     return target
 
 
-def build_lora(target: Path, base: Path, seed: int) -> Path:
-    """A rank-8 LoRA on q_proj/v_proj. PEFT initialises B to zero (a no-op adapter), so B is drawn from
+def build_lora(target: Path, base: Path, seed: int, rank: int = 8) -> Path:
+    """A rank-8 (``rank``) LoRA on q_proj/v_proj. PEFT initialises B to zero (a no-op adapter), so B is drawn from
     the seed too: adapters with different seeds then give visibly different greedy outputs."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -110,7 +111,7 @@ def build_lora(target: Path, base: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     gen = torch.Generator().manual_seed(seed)
@@ -120,6 +121,20 @@ def build_lora(target: Path, base: Path, seed: int) -> Path:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     peft_model.save_pretrained(target, safe_serialization=True)
     return Path(target)
+
+
+def peft_greedy(base: Path, adapter: Path, prompt: str, max_new_tokens: int) -> str:
+    """The reference: a direct PeftModel greedy generate of ``prompt`` (float32), its new text."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), adapter).eval()
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any, AsyncIterator, Dict, FrozenSet, List, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, FrozenSet, List, Optional
 
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
+from ..adapters import entry, unknown
 from ..codecs import text_rows
 from ..codecs.params import sampling_body
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
@@ -38,10 +39,12 @@ class EngineBackend(Backend):
     or embeddings when ``embedding``; the OpenAI routes serve ``openai_kinds`` (default: the V2 kind's)."""
 
     def __init__(self, name: str, version: Optional[str], engine: Any, *, embedding: bool,
-                 adapters: Sequence[str] = (), max_tokens: int = 256, max_tokens_limit: int = 4096,
+                 adapters: Optional[Dict[str, str]] = None, max_tokens: int = 256, max_tokens_limit: int = 4096,
                  openai_kinds: Optional[FrozenSet[str]] = None, reranking: Optional[str] = None):
         super().__init__(name, version)
-        self.engine, self.embedding, self.adapters = engine, embedding, list(adapters)
+        self.engine, self.embedding = engine, embedding
+        self._adapters: Dict[str, Dict[str, str]] = {n: entry(n, u, "settings") for n, u in (adapters or {}).items()}
+        self.adapters = list(self._adapters)  # the names requests may pick
         self.max_tokens, self.max_tokens_limit = min(max_tokens, max_tokens_limit), max_tokens_limit
         self.reranking = reranking  # "vllm" (its /v1/score) or "infinity" (its /rerank): a cross-encoder
         self.openai_kinds = openai_kinds or (rerank.RERANK_KINDS if reranking else EMBEDDING_KINDS if embedding
@@ -188,6 +191,23 @@ class EngineBackend(Backend):
                 generation.failed()
             generation.done(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
                             if usage else None)
+
+    # -- adapters at run time (adapters.py) -------------------------------------------------------
+    def adapter_entries(self) -> List[Dict[str, str]]:
+        return [self._adapters[n] for n in self.adapters]
+
+    async def load_adapter(self, adapter: str, path: Any, url: str) -> None:
+        await self.engine.load_adapter(adapter, path)
+        self._adapters[adapter] = entry(adapter, url, "runtime")
+        self.adapters.append(adapter)
+
+    async def unload_adapter(self, adapter: str) -> None:
+        """New requests for it are a 404 at once; those already at the engine finish."""
+        if adapter not in self.adapters:
+            raise unknown(self.name, adapter, self.adapters)
+        self.adapters.remove(adapter)
+        self._adapters.pop(adapter)
+        await self.engine.unload_adapter(adapter)
 
     # -- OpenAI routes -----------------------------------------------------------------------------
     def openai_ids(self) -> List[str]:

@@ -26,6 +26,7 @@ from ..codecs.requests import no_parameters, one_input, request_parameters, want
 from ..engines import transformers as engine
 from ..engines.transformers import (GENERATION_TASKS, TASK_HEADS, infer_task, is_cross_encoder, pool,
                                     read_sentence_transformers)
+from ..adapters import unknown
 from ..errors import BadRequest, ModelLoadError
 from ..options import Task
 from . import Backend, rerank
@@ -48,15 +49,34 @@ TEXTS = "one input tensor of texts"
 class TransformersBackend(Backend):
     """Built in a thread by ``load()``; ``options`` are HuggingFaceRuntime's (huggingface.HuggingFaceOptions)."""
 
+    lora = None
+    """transformers_lora.PeftAdapters when the model takes LoRA adapters (options adapters, runtime_adapters)."""
+
     def __init__(self, name: str, version: Optional[str], options: Any):
         super().__init__(name, version)
         self.options = options
 
     # -- loading (in a thread) -----------------------------------------------------------------------
     @classmethod
-    def load(cls, name: str, version: Optional[str], options: Any, path: Path, tokenizer_path: Path):
+    def load(cls, name: str, version: Optional[str], options: Any, path: Path, tokenizer_path: Path,
+             adapters: Optional[Dict[str, Path]] = None):
         self = cls(name, version, options)
         self._load_model(path, tokenizer_path)
+        self.lora = None
+        if adapters or options.runtime_adapters:
+            if self.task != Task.TEXT_GENERATION:
+                used = "adapters" if adapters else "runtime_adapters"
+                raise ModelLoadError(name, f"option '{used}' is for task text_generation (LoRA adapters); this "
+                                           f"model's task is {self.task.value}")
+            from .transformers_lora import PeftAdapters
+
+            self.lora = PeftAdapters(name, self.model, path)
+            urls = {a.name: a.url for a in options.adapters}
+            for adapter, folder in (adapters or {}).items():
+                try:
+                    self.lora.load(adapter, folder, urls.get(adapter, str(folder)), "settings")
+                except BadRequest as exc:
+                    raise ModelLoadError(name, str(exc)) from None
         self._coalescer = Coalescer(self._call, lambda parts: [r for p in parts for r in p],
                                     max_rows=options.max_coalesced_rows, enabled=options.coalesce)
         self._thread = ModelThread("modelserve-generate") if self.task in GENERATION_TASKS else None
@@ -352,18 +372,50 @@ class TransformersBackend(Backend):
         cap = self.options.max_new_tokens_limit
         return engine.generation_kwargs(params, min(self.options.max_new_tokens, cap), cap)
 
-    def generate(self, row: Dict[str, List[int]], kw: dict, seed, stop, streamer=None):
-        """One prompt in the model thread: (new text, new token count)."""
-        return self._thread.submit(engine.generate_counted, self.model, self.tokenizer, row, kw, seed, stop,
-                                   self.device, streamer)
+    def generate(self, row: Dict[str, List[int]], kw: dict, seed, stop, streamer=None, adapter: Optional[str] = None):
+        """One prompt in the model thread (with LoRA ``adapter``, or the base model): (new text, new token count)."""
+        return self._thread.submit(self._generate_with, adapter, row, kw, seed, stop, streamer)
+
+    def _generate_with(self, adapter, row, kw, seed, stop, streamer):
+        model = self.model
+        if self.lora is not None:
+            model, extra = self.lora.model_for(adapter)
+            kw = {**kw, **extra}
+        return engine.generate_counted(model, self.tokenizer, row, kw, seed, stop, self.device, streamer)
+
+    # -- LoRA adapters (transformers_lora.py; the routes in adapters.py) ---------------------------------
+    @property
+    def adapters(self) -> List[str]:
+        return self.lora.names if self.lora is not None else []
+
+    def adapter_entries(self) -> List[Dict[str, str]]:
+        return list(self.lora.entries.values()) if self.lora is not None else []
+
+    async def load_adapter(self, adapter: str, path: Path, url: str) -> None:
+        await self._thread.submit(self.lora.load, adapter, path, url, "runtime")
+
+    async def unload_adapter(self, adapter: str) -> None:
+        if adapter not in self.adapters:
+            raise unknown(self.name, adapter, self.adapters)
+        await self._thread.submit(self.lora.delete, adapter)
+
+    def adapter_of(self, params: Dict[str, Any]) -> Optional[str]:
+        """The V2 parameter ``adapter`` (removed from ``params``): one of this model's, or None."""
+        adapter = params.pop("adapter", None)
+        if adapter is not None and adapter not in self.adapters:
+            raise BadRequest(f"unknown adapter {adapter!r} (this model has: {', '.join(self.adapters) or 'none'})",
+                             404 if isinstance(adapter, str) else 400)
+        return adapter
 
     async def _generate(self, payload: InferenceRequest, prompts: List[str]) -> List[str]:
-        kw, seed, stop = self.generation_args(request_parameters(payload))
+        params = request_parameters(payload)
+        adapter = self.adapter_of(params)
+        kw, seed, stop = self.generation_args(params)
         texts = []
         for row in self.encode(prompts):
-            generation = metrics.Generation(self.name)
+            generation = metrics.Generation(self.name, adapter or "")
             try:
-                text, count = await self.generate(row, kw, seed, stop)
+                text, count = await self.generate(row, kw, seed, stop, adapter=adapter)
             except BaseException:
                 generation.failed()
                 raise
@@ -371,11 +423,12 @@ class TransformersBackend(Backend):
             texts.append(text)
         return texts
 
-    async def deltas(self, row: Dict[str, List[int]], kw: dict, seed, stop) -> AsyncIterator[str]:
+    async def deltas(self, row: Dict[str, List[int]], kw: dict, seed, stop,
+                     adapter: Optional[str] = None) -> AsyncIterator[str]:
         """The new text of one generation, piece by piece; its last item is the new token count (an int)."""
         queue: asyncio.Queue = asyncio.Queue()
         streamer = engine.QueueStreamer(engine.TextDeltas(self.tokenizer, stop), asyncio.get_running_loop(), queue)
-        job = self.generate(row, kw, seed, stop, streamer)
+        job = self.generate(row, kw, seed, stop, streamer, adapter)
         try:
             while True:
                 delta = await queue.get()
@@ -396,11 +449,13 @@ class TransformersBackend(Backend):
         if len(prompts) != 1:
             raise BadRequest(f"streaming takes one prompt per request, got {len(prompts)}")
         self._log(payload, prompts)
-        kw, seed, stop = self.generation_args(request_parameters(payload))
+        params = request_parameters(payload)
+        adapter = self.adapter_of(params)
+        kw, seed, stop = self.generation_args(params)
         row = self.encode(prompts)[0]
-        generation, count = metrics.Generation(self.name, streamed=True), None
+        generation, count = metrics.Generation(self.name, adapter or "", streamed=True), None
         try:
-            async with aclosing(self.deltas(row, kw, seed, stop)) as deltas:
+            async with aclosing(self.deltas(row, kw, seed, stop, adapter)) as deltas:
                 async for delta in deltas:
                     if isinstance(delta, str):
                         generation.token()
@@ -413,7 +468,10 @@ class TransformersBackend(Backend):
             generation.done(len(row["input_ids"]), count)
 
     # -- OpenAI routes -----------------------------------------------------------------------------
+    def openai_ids(self) -> List[str]:
+        return [self.name, *self.adapters] if self.openai_kinds else []
+
     async def openai_call(self, kind: str, body: dict, model_id: str, raw: bytes) -> Any:
         if kind in rerank.RERANK_KINDS:
             return await rerank.openai_call(self, kind, body)
-        return await self._openai.call(kind, body)
+        return await self._openai.call(kind, body, model_id if model_id != self.name else None)

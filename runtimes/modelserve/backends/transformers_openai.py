@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from contextlib import aclosing
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..openai import protocol as openai
 from ..openai.protocol import OpenAIError, check_openai_body
@@ -15,7 +15,7 @@ class TransformersOpenAI:
     def __init__(self, backend):
         self.backend = backend
 
-    async def call(self, kind: str, body: dict) -> Any:
+    async def call(self, kind: str, body: dict, adapter: Optional[str] = None) -> Any:
         b = self.backend
         if kind in ("tokenize", "detokenize"):
             return self._tokens(kind, body)
@@ -40,14 +40,14 @@ class TransformersOpenAI:
         if body.get("stream"):
             if len(rows) != 1:
                 raise OpenAIError("streaming takes one prompt per request", param="prompt")
-            return self._stream(kind, rows[0], kw, seed, stop, openai.wants_usage(body))
-        done = [await b.generate(row, kw, seed, stop) for row in rows]
+            return self._stream(kind, rows[0], kw, seed, stop, openai.wants_usage(body), adapter)
+        done = [await b.generate(row, kw, seed, stop, adapter=adapter) for row in rows]
         texts, counts = [t for t, _ in done], [n for _, n in done]
         finishes = ["length" if n >= kw["max_new_tokens"] else "stop" for n in counts]
         prompt_tokens = sum(len(r["input_ids"]) for r in rows)
         if kind == "chat":
-            return openai.chat_body(b.name, texts[0], finishes[0], prompt_tokens, counts[0])
-        return openai.completion_body(b.name, texts, finishes, prompt_tokens, sum(counts))
+            return openai.chat_body(adapter or b.name, texts[0], finishes[0], prompt_tokens, counts[0])
+        return openai.completion_body(adapter or b.name, texts, finishes, prompt_tokens, sum(counts))
 
     def _tokens(self, kind: str, body: dict) -> dict:
         """vLLM's /tokenize and /detokenize answers, from this model's tokenizer."""
@@ -78,13 +78,14 @@ class TransformersOpenAI:
                               param="messages")
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
-    async def _stream(self, kind: str, row: Dict[str, List[int]], kw: dict, seed, stop, usage: bool = False):
-        name = self.backend.name
+    async def _stream(self, kind: str, row: Dict[str, List[int]], kw: dict, seed, stop, usage: bool = False,
+                      adapter: Optional[str] = None):
+        name = adapter or self.backend.name
         rid, created = openai.new_id("chatcmpl" if kind == "chat" else "cmpl"), int(time.time())
         if kind == "chat":
             yield openai.chunk(kind, rid, created, name, "", role="assistant")
         generated = 0
-        async with aclosing(self.backend.deltas(row, kw, seed, stop)) as deltas:
+        async with aclosing(self.backend.deltas(row, kw, seed, stop, adapter)) as deltas:
             async for delta in deltas:
                 if isinstance(delta, str):
                     yield openai.chunk(kind, rid, created, name, delta)

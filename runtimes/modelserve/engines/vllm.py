@@ -16,8 +16,11 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import orjson
+
 from .. import tracing
-from ..errors import ModelLoadError
+from ..adapters import misfit
+from ..errors import BadRequest, InternalError, ModelLoadError
 from .server import ServerEngine, find_command, flag
 
 COMMAND_ENV = "MODELSERVE_VLLM_COMMAND"
@@ -52,24 +55,37 @@ def lora_rank(model: str, name: str, path: Path) -> int:
     return int(data.get("r") or 8)
 
 
-def serve_args(served_name: str, port: int, adapters: Dict[str, Path], ranks: Dict[str, int],
-               pooling: bool, extra: Sequence[str]) -> List[str]:
-    """The server's arguments after the model; the user's ``args`` come last and so win over ours."""
+def serve_args(served_name: str, port: int, adapters: Dict[str, Path], pooling: bool, extra: Sequence[str],
+               lora: Optional["LoraLimits"] = None) -> List[str]:
+    """The server's arguments after the model; the user's ``args`` come last and so win over ours. ``lora``:
+    LoRA on (with ``adapters`` as --lora-modules) and its limits."""
     argv = ["--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", served_name, "--disable-uvicorn-access-log"]
     if pooling and not flag(extra, "--runner") and not flag(extra, "--task"):
         argv += ["--runner", "pooling"]
-    if adapters:
-        argv += ["--enable-lora", "--lora-modules", *[f"{n}={p}" for n, p in adapters.items()]]
+    if lora is not None:
+        argv += ["--enable-lora"]
+        if adapters:
+            argv += ["--lora-modules", *[f"{n}={p}" for n, p in adapters.items()]]
         if not flag(extra, "--max-lora-rank"):
-            need = max(ranks.values())
-            argv += ["--max-lora-rank", str(next((r for r in _LORA_RANKS if r >= need), need))]
+            argv += ["--max-lora-rank", str(lora.max_rank)]
         if not flag(extra, "--max-loras"):
-            argv += ["--max-loras", str(len(adapters))]
+            argv += ["--max-loras", str(lora.max_loras)]
     traces = tracing.endpoint()
     if traces and not flag(extra, "--otlp-traces-endpoint"):  # MLServer's tracing_server: one trace across the hop
         argv += ["--otlp-traces-endpoint", traces]
     return argv + list(extra)
+
+
+class LoraLimits:
+    """What the engine is started with for LoRA: slots per batch and the largest rank (fixed at start; vLLM
+    allocates for them). Ranks are rounded up to the ones vLLM accepts."""
+
+    def __init__(self, ranks: Sequence[int], max_loras: Optional[int], max_rank: Optional[int], runtime: bool):
+        need = max_rank or max([*ranks, 16 if runtime else 1])
+        self.max_rank = next((r for r in _LORA_RANKS if r >= need), need)
+        self.max_loras = max_loras or max(1, len(ranks))
+        self.runtime = runtime
 
 
 class VLLMEngine(ServerEngine):
@@ -80,16 +96,29 @@ class VLLMEngine(ServerEngine):
     def __init__(self, name: str, model_path: Optional[Path], *, adapters: Dict[str, Path], args: Sequence[str],
                  env: Dict[str, str], cwd: Path, pooling: bool = False, engine_command: Optional[str] = None,
                  engine_url: Optional[str] = None, start_timeout: float = 600, max_restarts: int = 5,
-                 on_failed: Optional[Callable[[str], None]] = None, api_key: Optional[str] = None):
+                 on_failed: Optional[Callable[[str], None]] = None, api_key: Optional[str] = None,
+                 runtime_adapters: bool = False, max_loras: Optional[int] = None,
+                 max_lora_rank: Optional[int] = None):
+        self.model_path = model_path
         self.adapters = dict(adapters)
+        """name -> folder: the adapters served now. A restart starts the engine with these (run-time ones too)."""
+        self.lora: Optional[LoraLimits] = None
         if engine_url is not None:
             build = None
         else:
             exe = command(name, engine_command)
-            ranks = {n: lora_rank(name, n, p) for n, p in adapters.items()}
+            ranks = [lora_rank(name, n, p) for n, p in adapters.items()]
+            for n, p in adapters.items():
+                why = misfit(model_path, p)
+                if why:
+                    raise ModelLoadError(name, f"adapter '{n}' does not fit the model: {why}")
+            if adapters or runtime_adapters or max_loras or max_lora_rank:
+                self.lora = LoraLimits(ranks, max_loras, max_lora_rank, runtime_adapters)
+            if runtime_adapters:
+                env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **env}
 
             def build(port: int) -> List[str]:
-                return [*launch(exe, model_path), *serve_args(name, port, adapters, ranks, pooling, args)]
+                return [*launch(exe, model_path), *serve_args(name, port, self.adapters, pooling, args, self.lora)]
 
             # torch inductor's compiled kernels and headers (~150 MB on CPU) would be rebuilt in every new
             # TMPDIR: keep them in the model's working folder, across restarts and reloads
@@ -97,3 +126,30 @@ class VLLMEngine(ServerEngine):
         super().__init__(name, build, env=env, cwd=cwd, expected=list(adapters), engine_url=engine_url,
                          start_timeout=start_timeout, max_restarts=max_restarts, on_failed=on_failed,
                          api_key=api_key)
+
+    async def load_adapter(self, adapter: str, path: Path) -> None:
+        """vLLM's run-time LoRA loading (its /v1/load_lora_adapter, which also loads the weights into the
+        engine, so a misfit is found here); kept in ``adapters`` for restarts."""
+        try:
+            rank = lora_rank(self.name, adapter, path)
+        except ModelLoadError as exc:
+            raise BadRequest(exc.reason) from None
+        if self.lora is not None and rank > self.lora.max_rank:
+            raise BadRequest(f"adapter '{adapter}': rank {rank} is above the engine's max_lora_rank "
+                             f"{self.lora.max_rank} (set the option max_lora_rank; it applies at engine start)")
+        why = misfit(self.model_path, path)
+        if why:  # vLLM loads such an adapter without a word
+            raise BadRequest(f"adapter '{adapter}' does not fit model '{self.name}': {why}")
+        body = orjson.dumps({"lora_name": adapter, "lora_path": str(path)})
+        try:
+            await self.upstream.post_raw("/v1/load_lora_adapter", body)
+        except InternalError as exc:  # vLLM answers 500 for weights that do not fit the model
+            reason = str(exc).split("engine error 500: ", 1)[-1]
+            raise BadRequest(f"adapter '{adapter}' does not fit model '{self.name}': {reason}") from None
+        self.adapters[adapter] = path
+
+    async def unload_adapter(self, adapter: str) -> None:
+        """vLLM's /v1/unload_lora_adapter: new requests no longer reach it; requests already inside the
+        engine finish with it (vLLM drops only its name)."""
+        self.adapters.pop(adapter, None)
+        await self.upstream.post_raw("/v1/unload_lora_adapter", orjson.dumps({"lora_name": adapter}))
