@@ -14,6 +14,7 @@ from . import storage
 from .adapters import AdapterHost, AdapterSpec, resolve_folder
 from .backends import Backend
 from .backends.engine import EMBEDDING_KINDS, GENERATION_KINDS, TOKENIZE_KINDS, EngineBackend
+from .engines.server import flag
 from .engines.workdir import workdir, write_files
 from .errors import ModelLoadError
 from .options import Engine, Feature, RuntimeOptions, _CaseInsensitiveEnum
@@ -125,6 +126,10 @@ class KubeAIOptions(RuntimeOptions):
     max_lora_rank: Optional[int] = Field(default=None, ge=1)
     """VLLM: the largest adapter rank the engine takes (its --max-lora-rank, fixed at start); default: the
     static adapters' largest, at least 16 with runtime_adapters. A larger adapter loaded later is a 400."""
+    tool_call_parser: Optional[str] = Field(default=None, pattern=r"^[a-z0-9_.-]+$")
+    """VLLM generation: `tools`/`tool_choice` on /v1/chat/completions, parsed from the model's output by this
+    vLLM tool parser (e.g. hermes, llama3_json, mistral, pythonic: the one the model was trained for); sets
+    --enable-auto-tool-choice --tool-call-parser. Unset: a request with tools is refused by vLLM with a 400."""
     args: List[str] = Field(default_factory=list)
     """Extra engine command-line arguments, after ours (so they win)."""
     env: Dict[str, str] = Field(default_factory=dict)
@@ -188,10 +193,9 @@ class KubeAIRuntime(AdapterHost, Runtime):
         if bad:
             raise ModelLoadError(self.name, f"engine {opts.engine.value} does not support feature {bad[0]} "
                                             f"(it supports: {', '.join(sorted(f.value for f in supported))})")
-        lora = [k for k in ("runtime_adapters", "max_loras", "max_lora_rank") if getattr(opts, k)]
+        lora = [k for k in ("runtime_adapters", "max_loras", "max_lora_rank", "tool_call_parser") if getattr(opts, k)]
         if lora and opts.engine != Engine.VLLM:
-            raise ModelLoadError(self.name, f"option '{lora[0]}' is for engine VLLM (LoRA adapters), not "
-                                            f"{opts.engine.value}")
+            raise ModelLoadError(self.name, f"option '{lora[0]}' is for engine VLLM, not {opts.engine.value}")
         if multiprocessing_worker():
             logger.warning("model '%s' is loaded in an MLServer worker process: every worker starts its own engine "
                            "and streams cannot reach clients; set \"parallel_workers\": 0 in its model-settings.json",
@@ -243,8 +247,15 @@ class KubeAIRuntime(AdapterHost, Runtime):
         if (embedding or reranking) and any(lora.values()):
             raise ModelLoadError(self.name, f"option '{next(k for k, v in lora.items() if v)}' is for TextGeneration "
                                             "(LoRA adapters are for generation)")
-        engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding or reranking,
-                            **self._engine_options(folder), **lora)
+        options = self._engine_options(folder)
+        if opts.tool_call_parser:
+            if embedding or reranking:
+                raise ModelLoadError(self.name, "option 'tool_call_parser' is for TextGeneration")
+            if not flag(opts.args, "--tool-call-parser"):
+                options["args"] = ["--enable-auto-tool-choice", "--tool-call-parser", opts.tool_call_parser,
+                                   *opts.args]
+        engine = VLLMEngine(self.name, model_path, adapters=adapters, pooling=embedding or reranking, **options,
+                            **lora)
         await engine.start()
         kinds = GENERATION_KINDS | TOKENIZE_KINDS if not (embedding or reranking) else None
         return self._engine_backend(engine, embedding, {a.name: a.url for a in opts.adapters}, openai_kinds=kinds,

@@ -45,7 +45,10 @@ def llm_server(tmp_path_factory, llama):
     write_model(root, "llm", kubeai_settings(
         llama, adapters=[{"name": "lora-a", "url": str(llama["a"])}, {"name": "lora-b", "url": str(llama["b"])}],
         files=[{"path": "templates/plain.jinja", "content": PLAIN_TEMPLATE}],
-        args=[*CPU_ARGS, "--chat-template", "templates/plain.jinja"], max_tokens_limit=64,
+        # structured output: no free whitespace between JSON tokens (random weights would write it for ever)
+        args=[*CPU_ARGS, "--chat-template", "templates/plain.jinja",
+              "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'], max_tokens_limit=64,
+        tool_call_parser="pythonic",
         cache_dir=str(root / "cache"), runtime_adapters=True))
     write_model(root, "llm-embed", kubeai_settings(llama, features=["TextEmbedding"], cache_dir=str(root / "cache")))
     # the other flavour on the same routes: HuggingFaceRuntime on vLLM (the shared adapter) and on transformers

@@ -73,6 +73,7 @@ class MLServerProcess:
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      cwd=self.cwd, process_group=0)
         deadline = time.monotonic() + timeout
+        polls = 0
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlserver exited ({self.proc.returncode}):\n{self.log()[-4000:]}")
@@ -81,9 +82,17 @@ class MLServerProcess:
                     return self
             except requests.RequestException:
                 pass
+            polls += 1
+            if until == "/v2/health/ready" and polls % 10 == 0 and self.load_failures():
+                break  # a model that failed to load never gets ready: say why now, not after the timeout
             time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"mlserver not ready after {timeout}s:\n{self.log()[-4000:]}")
+        failures = "\n".join(self.load_failures())
+        raise RuntimeError(f"mlserver not ready after {timeout}s:\n{failures or self.log()[-4000:]}")
+
+    def load_failures(self) -> list:
+        """The log's lines that say a model failed to load (modelserve's ModelLoadError wording)."""
+        return [line for line in self.log().splitlines() if "failed to load:" in line][:20]
 
     def log(self) -> str:
         try:

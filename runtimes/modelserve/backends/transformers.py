@@ -49,6 +49,7 @@ TEXTS = "one input tensor of texts"
 class TransformersBackend(Backend):
     """Built in a thread by ``load()``; ``options`` are HuggingFaceRuntime's (huggingface.HuggingFaceOptions)."""
 
+    _grammar = None  # transformers_grammar.Grammars, made at the first structured request
     lora = None
     """transformers_lora.PeftAdapters when the model takes LoRA adapters (options adapters, runtime_adapters)."""
 
@@ -381,7 +382,18 @@ class TransformersBackend(Backend):
         if self.lora is not None:
             model, extra = self.lora.model_for(adapter)
             kw = {**kw, **extra}
+        if "response_schema" in kw:  # OpenAI response_format: the schema as a logits processor
+            kw = dict(kw)
+            kw["logits_processor"] = [self._grammars().processor(kw.pop("response_schema"))]
         return engine.generate_counted(model, self.tokenizer, row, kw, seed, stop, self.device, streamer)
+
+    def _grammars(self):
+        if self._grammar is None:
+            from .transformers_grammar import Grammars
+
+            vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+            self._grammar = Grammars(self.tokenizer, vocab)
+        return self._grammar
 
     # -- LoRA adapters (transformers_lora.py; the routes in adapters.py) ---------------------------------
     @property

@@ -24,11 +24,14 @@ class TransformersOpenAI:
             return await self._embeddings(body)
         cap = b.options.max_new_tokens_limit
         check_openai_body(kind, body, cap)
+        schema = openai.check_structured(body)
         params: Dict[str, Any] = {k: body[k] for k in ("temperature", "top_p", "seed", "stop") if body.get(k) is not None}
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
         if limit is not None:
             params["max_new_tokens"] = limit
         kw, seed, stop = b.generation_args(params)
+        if schema is not None:
+            kw["response_schema"] = schema  # backends/transformers_grammar.py, in the model thread
         if kind == "chat":
             rows = [self._chat_row(body["messages"])]
         else:

@@ -179,12 +179,16 @@ def check_fields(kind: str, body: dict, backend: str) -> None:
         allowed |= {"input", "encoding_format", "dimensions"}
     else:
         allowed |= {"stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p",
-                    "seed", "stop", "n", "prompt" if kind == "completions" else "messages"}
+                    "seed", "stop", "n", "response_format", "prompt" if kind == "completions" else "messages"}
     extra = [k for k, v in body.items() if k not in allowed and v is not None]
     if extra:
         raise OpenAIError(f"field '{extra[0]}' is not supported by {backend}", param=extra[0])
     if body.get("n") not in (None, 1):
         raise OpenAIError("only n=1 is supported", param="n")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "structural_tag":
+        raise OpenAIError(f"response_format structural_tag is not supported by {backend} (json_object and "
+                          "json_schema are)", param="response_format")
 
 
 def check_openai_body(kind: str, body: dict, cap: int) -> None:
@@ -209,4 +213,49 @@ def check_openai_body(kind: str, body: dict, cap: int) -> None:
                 number(key, body[key], int, 1, cap)
             except BadRequest as exc:
                 raise OpenAIError(str(exc), param=key) from None
+    check_structured(body)
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema", "structural_tag")
+
+
+def check_structured(body: dict) -> Optional[dict]:
+    """``response_format``, ``tools`` and ``tool_choice`` in OpenAI's shapes: a 400 naming what is wrong before the
+    engine sees them (vLLM says only that a named tool "does not match any of the specified tools"). Returns
+    the JSON schema the answer must follow (json_object: any object), or None."""
+    fmt = body.get("response_format")
+    schema = None
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in RESPONSE_FORMATS:
+            raise OpenAIError(f"response_format.type must be one of {', '.join(RESPONSE_FORMATS)}, got {kind!r}",
+                              param="response_format")
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise OpenAIError("response_format json_schema needs 'json_schema': {'name': ..., 'schema': {...}} "
+                                  "with the schema as an object", param="response_format")
+            schema = spec["schema"]
+        elif kind == "json_object":
+            schema = {"type": "object"}
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    names: List[str] = []
+    if tools is not None:
+        if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools):
+            raise OpenAIError("'tools' must be a list of {'type': 'function', 'function': {'name': ..., "
+                              "'parameters': {...}}}", param="tools")
+        names = [t["function"]["name"] for t in tools]
+    if choice is not None and choice not in ("none", "auto", "required"):
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if not isinstance(wanted, str):
+            raise OpenAIError("tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'function': "
+                              "{'name': ...}}", param="tool_choice")
+        if wanted not in names:
+            raise OpenAIError(f"tool_choice names tool '{wanted}', which is not in 'tools' (given: "
+                              f"{', '.join(names) or 'none'})", param="tool_choice")
+    elif choice in ("auto", "required") and not names:
+        raise OpenAIError(f"tool_choice '{choice}' needs 'tools'", param="tool_choice")
+    return schema
 
