@@ -184,3 +184,18 @@ def test_bad_adapters_on_transformers_are_4xx(llm_server, llama, body, status, f
     assert set(adapters(llm_server, "hf-llama")) == {"hf-a"}
     v2 = llm_server.infer("hf-llama", text_body([PROMPT], max_new_tokens=2, adapter="hf-zz"))
     assert v2.status_code == 404 and "(this model has: hf-a)" in v2.json()["error"], v2.text
+
+
+def test_transformers_finishes_a_generation_on_an_adapter_being_unloaded(llm_server, llama):
+    srv = llm_server
+    r = requests.post(f"{srv.url}/v2/models/hf-llama/adapters", json={"name": "hf-d", "url": str(llama["c"])},
+                      timeout=120)
+    assert r.status_code == 201, r.text
+    # 400 tokens: still generating in the model thread when the deletion arrives
+    chunks = srv.client.completions.create(model="hf-d", prompt=PROMPT, max_tokens=400, temperature=0, stream=True)
+    first = next(iter(chunks))
+    r = requests.delete(f"{srv.url}/v2/models/hf-llama/adapters/hf-d", timeout=60)
+    assert r.status_code == 200, r.text  # returned once the generation ahead of it in the model thread ended
+    text = first.choices[0].text + "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text.startswith(peft_greedy(llama["base"], llama["c"], PROMPT, 8)), text
+    assert "hf-d" not in adapters(srv, "hf-llama")
