@@ -50,8 +50,9 @@ def test_custom_handlers_are_per_model_instance_attributes_with_literal_paths():
     assert "/v1/models/a:predict" in paths and "/v1/models/b:predict" not in paths
     assert "/v1/chat/completions" in paths  # the OpenAI routes, added by every model that serves them
     assert getattr(a, "v1_predict") is paths["/v1/models/a:predict"]  # the name a parallel worker calls
-    assert {h.rest_path for h, _ in get_custom_handlers(b)} - set(paths) == {"/v1/models/b", "/v1/models/b:predict",
-                                                                                 "/v1/models/b:explain"}
+    assert {h.rest_path for h, _ in get_custom_handlers(b)} - set(paths) == {
+        "/v1/models/b", "/v1/models/b:predict", "/v1/models/b:explain",
+        "/v2/models/b/adapters", "/v2/models/b/adapters/{adapter}"}  # adapters.py: the adapter name is a path part
 
 
 @pytest.fixture
