@@ -200,6 +200,16 @@ async def resolve_folder(model: str, settings: Any, url: str, what: str, **roots
     return path
 
 
+def requested(params: Dict[str, Any], names: List[str]) -> Optional[str]:
+    """The V2 request parameter ``adapter`` (removed from ``params``): one of ``names``, or None for the base model;
+    any other value is a 404 (a name) or 400 naming the adapters there are."""
+    adapter = params.pop("adapter", None)
+    if adapter is not None and adapter not in names:
+        raise BadRequest(f"unknown adapter {adapter!r} (this model has: {', '.join(names) or 'none'})",
+                         404 if isinstance(adapter, str) else 400)
+    return adapter
+
+
 def entry(name: str, url: str, source: str) -> Dict[str, str]:
     return {"name": name, "url": url, "source": source}
 

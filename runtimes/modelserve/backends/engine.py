@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Dict, FrozenSet, List, Optional
 import numpy as np
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
-from ..adapters import entry, unknown
+from ..adapters import entry, requested, unknown
 from ..codecs import text_rows
 from ..codecs.params import sampling_body
 from ..codecs.requests import no_parameters, one_input, request_parameters, wanted_outputs
@@ -77,13 +77,7 @@ class EngineBackend(Backend):
         return inp.name, text_rows(inp)
 
     def _model_id(self, params: Dict[str, Any]) -> str:
-        adapter = params.pop("adapter", None)
-        if adapter is None:
-            return self.name
-        if adapter not in self.adapters:
-            raise BadRequest(f"unknown adapter {adapter!r} (this model has: {', '.join(self.adapters) or 'none'})",
-                             404 if isinstance(adapter, str) else 400)
-        return adapter
+        return requested(params, self.adapters) or self.name
 
     def _sampling(self, params: Dict[str, Any]) -> dict:
         return sampling_body(params, self.max_tokens, self.max_tokens_limit)

@@ -26,7 +26,7 @@ from ..codecs.requests import no_parameters, one_input, request_parameters, want
 from ..engines import transformers as engine
 from ..engines.transformers import (GENERATION_TASKS, TASK_HEADS, infer_task, is_cross_encoder, pool,
                                     read_sentence_transformers)
-from ..adapters import unknown
+from ..adapters import requested, unknown
 from ..errors import BadRequest, ModelLoadError
 from ..options import Task
 from . import Backend, rerank
@@ -413,11 +413,7 @@ class TransformersBackend(Backend):
 
     def adapter_of(self, params: Dict[str, Any]) -> Optional[str]:
         """The V2 parameter ``adapter`` (removed from ``params``): one of this model's, or None."""
-        adapter = params.pop("adapter", None)
-        if adapter is not None and adapter not in self.adapters:
-            raise BadRequest(f"unknown adapter {adapter!r} (this model has: {', '.join(self.adapters) or 'none'})",
-                             404 if isinstance(adapter, str) else 400)
-        return adapter
+        return requested(params, self.adapters)
 
     async def _generate(self, payload: InferenceRequest, prompts: List[str]) -> List[str]:
         params = request_parameters(payload)

@@ -11,6 +11,7 @@ distribution name "vllm" and fails). Shared by KubeAIRuntime (engine VLLM) and H
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -129,7 +130,18 @@ class VLLMEngine(ServerEngine):
 
     async def load_adapter(self, adapter: str, path: Path) -> None:
         """vLLM's run-time LoRA loading (its /v1/load_lora_adapter, which also loads the weights into the
-        engine, so a misfit is found here); kept in ``adapters`` for restarts."""
+        engine, so a misfit is found here); kept in ``adapters`` for restarts. The folder's files are read in a
+        thread, off the event loop."""
+        await asyncio.to_thread(self._check_adapter, adapter, path)
+        body = orjson.dumps({"lora_name": adapter, "lora_path": str(path)})
+        try:
+            await self.upstream.post_raw("/v1/load_lora_adapter", body)
+        except InternalError as exc:  # vLLM answers 500 for weights that do not fit the model
+            reason = str(exc).split("engine error 500: ", 1)[-1]
+            raise BadRequest(f"adapter '{adapter}' does not fit model '{self.name}': {reason}") from None
+        self.adapters[adapter] = path
+
+    def _check_adapter(self, adapter: str, path: Path) -> None:
         try:
             rank = lora_rank(self.name, adapter, path)
         except ModelLoadError as exc:
@@ -140,13 +152,6 @@ class VLLMEngine(ServerEngine):
         why = misfit(self.model_path, path)
         if why:  # vLLM loads such an adapter without a word
             raise BadRequest(f"adapter '{adapter}' does not fit model '{self.name}': {why}")
-        body = orjson.dumps({"lora_name": adapter, "lora_path": str(path)})
-        try:
-            await self.upstream.post_raw("/v1/load_lora_adapter", body)
-        except InternalError as exc:  # vLLM answers 500 for weights that do not fit the model
-            reason = str(exc).split("engine error 500: ", 1)[-1]
-            raise BadRequest(f"adapter '{adapter}' does not fit model '{self.name}': {reason}") from None
-        self.adapters[adapter] = path
 
     async def unload_adapter(self, adapter: str) -> None:
         """vLLM's /v1/unload_lora_adapter: new requests no longer reach it; requests already inside the
